@@ -1,0 +1,94 @@
+"""Reading ``params.yaml`` and resolving the quick / paper configuration switch.
+
+Every section of ``params.yaml`` holds the quick configuration's values and may carry a
+``paper:`` block; with the top-level ``config: paper`` the keys of that block override the
+section's own (recursively for nested mappings).  Stages call :func:`section` and never look at
+``paper:`` themselves.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIGS = ("quick", "paper")
+
+
+class ParamsError(ValueError):
+    """``params.yaml`` is missing, malformed, or lacks a required key."""
+
+
+def load(path: str | os.PathLike = "params.yaml") -> dict[str, Any]:
+    """Load the whole parameter file.
+
+    Raises
+    ------
+    ParamsError
+        If the file is missing, is not a YAML mapping, or ``config`` is not quick/paper.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: parameter file not found (run from the project root)")
+    with path.open(encoding="utf-8") as fh:
+        params = yaml.safe_load(fh)
+    if not isinstance(params, dict):
+        raise ParamsError(f"{path}: expected a YAML mapping at the top level")
+    config = params.get("config", "quick")
+    if config not in CONFIGS:
+        raise ParamsError(f"{path}: config must be one of {CONFIGS}, got {config!r}")
+    return params
+
+
+def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(dict(base))
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def resolve(block: Mapping[str, Any], config: str) -> dict[str, Any]:
+    """Return ``block`` with its ``paper:`` overrides applied when ``config == "paper"``.
+
+    Nested mappings are resolved too, so a method's sub-sections may carry their own ``paper:``.
+    The ``paper`` keys themselves are removed from the result.
+    """
+    if config not in CONFIGS:
+        raise ParamsError(f"config must be one of {CONFIGS}, got {config!r}")
+    base = {k: v for k, v in block.items() if k != "paper"}
+    if config == "paper" and isinstance(block.get("paper"), Mapping):
+        base = _merge(base, block["paper"])
+    return {k: resolve(v, config) if isinstance(v, Mapping) else v for k, v in base.items()}
+
+
+def section(name: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The resolved section ``name`` (dotted paths allowed, e.g. ``"methods.resnet18_flow"``).
+
+    Raises
+    ------
+    ParamsError
+        If the section does not exist.
+    """
+    params = load() if params is None else params
+    node: Any = params
+    for part in name.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            raise ParamsError(f"params.yaml: section {name!r} not found")
+        node = node[part]
+    if not isinstance(node, Mapping):
+        raise ParamsError(f"params.yaml: {name!r} is not a section (a mapping)")
+    return resolve(node, params.get("config", "quick"))
+
+
+def env_or(value: str | None, env_var: str) -> str | None:
+    """A configured path, else the environment variable ``env_var``, else ``None``."""
+    if value not in (None, ""):
+        return str(value)
+    return os.environ.get(env_var) or None
