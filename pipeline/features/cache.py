@@ -65,6 +65,7 @@ class CacheWriter:
         self._tmp = self._ctx.__enter__()
         self._h5 = h5py.File(self._tmp, "w", track_order=True)
         self._ids: list[str] = []
+        self._idset: set[str] = set()
         self._names: list[str] | None = None
 
     def append(self, sample_id: str, arrays: Mapping[str, np.ndarray]) -> None:
@@ -77,7 +78,7 @@ class CacheWriter:
         ValueError
             On a repeated sample id, or names / shapes / dtypes differing from the first sample.
         """
-        if sample_id in self._id_set():
+        if sample_id in self._idset:
             raise ValueError(f"{self.path}: sample {sample_id!r} appended twice")
         names = sorted(arrays)
         if self._names is None:
@@ -105,11 +106,6 @@ class CacheWriter:
             ds[n] = arr
         self._ids.append(sample_id)
         self._idset.add(sample_id)
-
-    def _id_set(self) -> set[str]:
-        if not hasattr(self, "_idset"):
-            self._idset: set[str] = set()
-        return self._idset
 
     def close(self) -> None:
         """Write ids and attributes, close, and move the file into place."""

@@ -1,0 +1,177 @@
+"""Parameters, atomic writes, asset resolution, HDF5 caches: the shared foundation."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import threading
+
+import h5py
+import numpy as np
+import pytest
+
+from pipeline import assets, params
+from pipeline.features.cache import CacheDataset, CacheError, CacheWriter, FeatureCache
+from pipeline.io import atomic_dir, atomic_path, read_json, write_json
+
+
+def test_paper_block_overrides_only_with_paper_config(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text(
+        "config: quick\n"
+        "flow:\n  size: 112\n  tvl1: {tau: 0.25}\n  paper: {size: 224, tvl1: {tau: 0.3}}\n"
+        "methods:\n  m:\n    lr: 0.001\n    sub: {epochs: 2, paper: {epochs: 50}}\n"
+    )
+    quick = params.load(p)
+    assert params.section("flow", quick) == {"size": 112, "tvl1": {"tau": 0.25}}
+    assert params.section("methods.m", quick) == {"lr": 0.001, "sub": {"epochs": 2}}
+    paper = dict(quick, config="paper")
+    assert params.section("flow", paper) == {"size": 224, "tvl1": {"tau": 0.3}}
+    assert params.section("methods.m", paper)["sub"] == {"epochs": 50}
+    with pytest.raises(params.ParamsError, match="nothere"):
+        params.section("nothere", quick)
+    p.write_text("config: fast\n")
+    with pytest.raises(params.ParamsError, match="config must be one of"):
+        params.load(p)
+
+
+def test_project_params_file_resolves_in_both_configs():
+    raw = params.load("params.yaml")
+    for config in params.CONFIGS:
+        for name in raw:
+            if isinstance(raw[name], dict):
+                resolved = params.resolve(raw[name], config)
+                assert "paper" not in resolved
+
+
+def test_atomic_path_leaves_target_untouched_on_error(tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half-written")
+            raise RuntimeError("killed")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+    with atomic_path(target) as tmp:
+        tmp.write_text("new")
+    assert target.read_text() == "new"
+
+
+def test_atomic_dir_swaps_whole_folder(tmp_path):
+    out = tmp_path / "db"
+    out.mkdir()
+    (out / "old.txt").write_text("x")
+    with pytest.raises(ValueError):
+        with atomic_dir(out) as tmp:
+            (tmp / "new.txt").write_text("y")
+            raise ValueError
+    assert sorted(p.name for p in out.iterdir()) == ["old.txt"]
+    with atomic_dir(out) as tmp:
+        (tmp / "new.txt").write_text("y")
+    assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["db"]
+
+
+def test_write_json_maps_nonfinite_to_null(tmp_path):
+    write_json(tmp_path / "m.json", {"f1": np.float32(0.5), "x": float("nan"), "l": (1, 2)})
+    assert read_json(tmp_path / "m.json") == {"f1": 0.5, "x": None, "l": [1, 2]}
+
+
+@pytest.fixture()
+def http_root(tmp_path):
+    root = tmp_path / "served"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_asset_resolution_local_then_download_then_clear_error(tmp_path, monkeypatch, http_root):
+    monkeypatch.setenv("MER_CACHE_DIR", str(tmp_path / "cache"))
+    payload = b"model bytes"
+    digest = hashlib.sha256(payload).hexdigest()
+    root, base = http_root
+    (root / "m.task").write_bytes(payload)
+    asset = assets.Asset("m.task", digest, f"{base}/m.task")
+
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "m.task").write_bytes(payload)
+    assert assets.resolve(asset, local) == local / "m.task"          # folder form
+    assert assets.resolve(asset, local / "m.task") == local / "m.task"
+
+    (local / "m.task").write_bytes(b"corrupted")                     # wrong checksum: download
+    got = assets.resolve(asset, local / "m.task")
+    assert got == tmp_path / "cache" / "m.task" and got.read_bytes() == payload
+
+    bad = assets.Asset("n.task", digest, f"{base}/missing.task")
+    with pytest.raises(assets.AssetError) as err:
+        assets.resolve(bad, local / "n.task")
+    assert str(local / "n.task") in str(err.value) and "missing.task" in str(err.value)
+
+    (root / "w.task").write_bytes(b"other")
+    wrong = assets.Asset("w.task", digest, f"{base}/w.task")
+    with pytest.raises(assets.AssetError, match="does not match"):
+        assets.resolve(wrong, None)
+    assert not (tmp_path / "cache" / "w.task").exists()
+
+
+def _write_cache(path, n=4, params_=None):
+    with CacheWriter(path, "flow", params_ or {"size": 8}) as w:
+        for i in range(n):
+            w.append(f"db/s/{i}", {"onset_apex": np.full((8, 8, 3), i, np.float32),
+                                    "grp/x": np.arange(2, dtype=np.int32) + i})
+
+
+def test_cache_round_trip_and_dataset(tmp_path):
+    path = tmp_path / "flow.h5"
+    _write_cache(path)
+    cache = FeatureCache(path, "flow", expect_params={"size": 8})
+    assert cache.sample_ids == [f"db/s/{i}" for i in range(4)]
+    assert cache.datasets["onset_apex"][0] == (4, 8, 8, 3)
+    np.testing.assert_array_equal(cache.read("grp/x", [3, 0]), [[3, 4], [0, 1]])
+    with h5py.File(path) as h5:
+        assert h5["onset_apex"].chunks == (1, 8, 8, 3)
+        assert h5["onset_apex"].compression == "gzip"
+    ds = CacheDataset({"flow": (cache, "onset_apex")}, ["db/s/2", "db/s/1"], np.array([5, 6]))
+    item = ds[0]
+    assert float(item["flow"][0, 0, 0]) == 2.0 and int(item["target"]) == 5
+    with pytest.raises(CacheError, match="samples missing"):
+        CacheDataset({"flow": (cache, "onset_apex")}, ["db/s/9"])
+
+
+def test_cache_rejects_wrong_schema_params_and_interrupted_writes(tmp_path):
+    path = tmp_path / "flow.h5"
+    with pytest.raises(CacheError, match="not found"):
+        FeatureCache(path, "flow")
+    with pytest.raises(KeyError):
+        with CacheWriter(path, "flow", {}) as w:
+            w.append("a", {"x": np.zeros(3)})
+            raise KeyError("killed")
+    assert not path.exists() and list(tmp_path.iterdir()) == []
+    _write_cache(path)
+    with pytest.raises(CacheError, match="schema 'flow', expected 'faces'"):
+        FeatureCache(path, "faces")
+    with pytest.raises(CacheError, match="other parameters"):
+        FeatureCache(path, "flow", expect_params={"size": 16})
+    with h5py.File(path, "a") as h5:
+        h5.attrs["schema_version"] = 99
+    with pytest.raises(CacheError, match="schema version 99"):
+        FeatureCache(path, "flow")
+
+
+def test_cache_writer_rejects_inconsistent_samples(tmp_path):
+    with pytest.raises(ValueError, match="expected"):
+        with CacheWriter(tmp_path / "f.h5", "flow", {}) as w:
+            w.append("a", {"x": np.zeros((2, 2), np.float32)})
+            w.append("b", {"x": np.zeros((3, 2), np.float32)})
+    with pytest.raises(ValueError, match="twice"):
+        with CacheWriter(tmp_path / "f.h5", "flow", {}) as w:
+            w.append("a", {"x": np.zeros(2)})
+            w.append("a", {"x": np.zeros(2)})
