@@ -1,0 +1,64 @@
+"""SAMM — the Spontaneous Actions and Micro-Movements database (Davison et al., "SAMM: a
+spontaneous micro-facial movement dataset", IEEE TAFFC 2018): 200 fps, grey, 2040x1088.
+
+Release layout read (DATASETS.md)::
+
+    <root>/SAMM_Micro_FACS_Codes_v2.xlsx
+    <root>/SAMM/{Subject:03d}/{Filename}/{Subject:03d}_{k:05d}.jpg   e.g. SAMM/006/006_1_2/006_05562.jpg
+
+Annotation file ``SAMM_Micro_FACS_Codes_v2.xlsx``: twelve rows of free text (title, licence,
+notes) come first; the header row follows them.  The header is found as the first row holding the
+column names below, so a preamble of another length is read too; row numbers count the data rows
+below the header.  Columns used: ``Subject``, ``Filename``, ``Onset Frame``, ``Apex Frame``,
+``Offset Frame``, ``Action Units`` (``R12 + R15``, ``4+7``, intensity letters ``A``–``E``),
+``Estimated Emotion`` (Anger, Contempt, Happiness, Surprise, Other, Fear, Sadness, Disgust).
+``Inducement Code``, ``Duration``, ``Type`` and ``Notes`` are ignored.
+
+Corrections and assumptions:
+
+* ``Subject`` is an integer in the release (``6``); an integral float or text (``"006"``) is read
+  too.  The subject is the folder name, three digits: ``006``.
+* AU cells with uncertain alternatives (``R12 or R15``, five rows of the release) are read by the
+  ``index.au_alternatives`` rule (default: every alternative) and recorded; the CD6ME tooling
+  instead rewrote these five rows by hand after looking at their optical flow.
+* A missing apex (three rows) → middle frame; an offset past the folder's last frame → last frame
+  (both recorded; the CD6ME tooling patches these rows by hand).
+* Emotion: the release's label lower-cased (``other`` stays ``other``); 5 classes anger,
+  happiness, contempt, surprise, others (= ``other``); disgust, fear and sadness have no 5-class
+  label; 3 classes positive = happiness, negative = anger, contempt, disgust, fear, sadness,
+  surprise.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pipeline.databases.base import DatabaseReader, RowContext, subject_candidates
+
+
+class SammReader(DatabaseReader):
+    """Reader of SAMM (key ``samm``)."""
+
+    key = "samm"
+    title = "SAMM"
+    spreadsheets = ("SAMM_Micro_FACS_Codes_v2.xlsx",)
+    frames_folder = "SAMM"
+    layout = "SAMM/{Subject:03d}/{Filename}/"
+    columns = {
+        "subject": ("Subject",),
+        "material": ("Filename",),
+        "onset": ("Onset Frame",),
+        "apex": ("Apex Frame",),
+        "offset": ("Offset Frame",),
+        "au": ("Action Units",),
+        "emotion": ("Estimated Emotion",),
+    }
+
+    def subject_names(self, value: Any) -> list[str]:
+        """Three digits: ``006``."""
+        return subject_candidates(value, ("{:03d}",))
+
+    def sample_dirs(self, subject: str, material: str, ctx: RowContext) -> list[Path]:
+        """``<root>/SAMM/{Subject:03d}/{Filename}/``."""
+        return [self.path(self.frames_folder, subject, material)]

@@ -1,0 +1,1 @@
+"""Thin command-line entries of the DVC stages: ``python -m stages.<name>`` (see dvc.yaml)."""
