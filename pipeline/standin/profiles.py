@@ -1,0 +1,262 @@
+"""Per-database profiles of the stand-in benchmark: sizes, timing, nuisances, label structure.
+
+Three profiles:
+
+``full``
+    The real databases' sample counts (CD6ME: casme 189, casme2 256, samm 159, fourd 267,
+    mmew 300, casme3a 860 micro-expressions plus 86 macro-expression rows; SMIC-HS 164), frame
+    rates (CASME 60, CASME II 200, SAMM 200, MMEW 90, 4DME 60, CAS(ME)^3 30, SMIC-HS 100 fps) and
+    frame sizes (CASME cropped faces, CASME II 640x480, SAMM 2040x1088 grey, MMEW 1920x1080,
+    4DME 1200x1600 grey, CAS(ME)^3 1280x720, SMIC-HS 640x480).  Built once on demand: several GB
+    and tens of minutes on 2 cores.
+``quick``
+    The default of ``dvc repro``: 12 subjects and a few dozen samples per database, frame rates
+    scaled down so that a sequence has 5–14 frames, frames of 160–384 px with faces of 40–60 px
+    inter-ocular distance.  About a minute on 2 cores.
+``tiny``
+    For the tests: 3 subjects × 2 samples per database (CAS(ME)^3 also one macro-expression row
+    sharing a video), 5–6 frames per sequence.
+
+Identities.  The photo set has 102 people and the real databases have about 260 subjects in all
+(CASME 19, CASME II 26, SAMM 28–32, MMEW 30–36, 4DME 41–65, CAS(ME)^3 part A 100, SMIC-HS 16), so
+the full profile gives every database fewer subjects than its release, roughly in proportion with
+a floor of 10 (casme 10, casme2 14, samm 14, mmew 12, fourd 14, casme3a 26, smic 12 = 102) and
+correspondingly more samples per subject (about 11–33 instead of 5–10).  No identity is shared
+between databases in any profile.  With fewer usable photos than a profile asks for, the
+subjects are scaled down proportionally (at least one per database); see :func:`allocate_subjects`.
+
+Amplitudes are in pixels of each database's own frames ("native"): apex displacement
+log-uniform in ``amplitude_px`` (0.25–2.5 px: 60 % below 1 px, 30 % below 0.5 px) for every
+profile, so the small faces of ``quick`` see relatively larger motions than ``full``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+#: Database keys, in the order every output lists them.
+KEYS: tuple[str, ...] = ("casme", "casme2", "samm", "mmew", "fourd", "casme3a", "smic")
+#: The six CD6ME databases.
+CD6ME_KEYS: tuple[str, ...] = ("casme", "casme2", "samm", "fourd", "mmew", "casme3a")
+
+
+@dataclass(frozen=True)
+class DatabaseProfile:
+    """How one simulated database is drawn and rendered.
+
+    Attributes
+    ----------
+    key : str
+        Database key (:data:`KEYS`).
+    n_subjects : int
+        Subjects (identities) wanted.
+    n_samples : int
+        Micro-expression rows.
+    n_macro : int
+        Extra macro-expression rows (CAS(ME)^3 ``Expression type``), sharing videos with MEs.
+    fps : float
+        Frame rate, frames per second.
+    frame_size : tuple of int
+        ``(width, height)``, pixels.
+    iod_px : float
+        Mean inter-ocular distance of the faces, pixels (±6 % per subject).
+    grey : bool
+        Frames written single-channel.
+    duration_s : tuple of float
+        Range of onset→offset durations, seconds (log-uniform).
+    min_frames, max_frames : int
+        Bounds on the onset..offset frame count (inclusive).
+    first_frame : tuple of int
+        Range of the first onset's frame number.
+    head_translation_px, head_rotation_deg, head_jitter_px : float
+        Scale of the rigid head motion (pixels, degrees) and of frame-to-frame tremor.
+    flicker : float
+        Relative illumination flicker amplitude.
+    noise_sigma : float
+        Gaussian sensor noise, grey levels.
+    jpeg_quality : int
+    gains : tuple of float
+        White balance (R, G, B).
+    gamma : float
+    blink_rate : float
+        Probability that a clip has a blink (AU45) somewhere.
+    blink_coded : float
+        Probability that such a blink is written in the AU cell.
+    quirk_rate : float
+        Share of rows carrying a release quirk (at least one row when > 0).
+    label_noise : float
+        Share of emotion labels replaced by another class of the vocabulary.
+    apex_jitter_rate : float
+        Share of samples whose annotated apex differs from the true apex.
+    apex_jitter_frames : int
+        Largest annotation error, frames.
+    unilateral_scale : float
+        Multiplies the per-AU chance of a unilateral (R/L) action.
+    """
+
+    key: str
+    n_subjects: int
+    n_samples: int
+    fps: float
+    frame_size: tuple[int, int]
+    iod_px: float
+    grey: bool
+    n_macro: int = 0
+    duration_s: tuple[float, float] = (1 / 25, 1 / 2)
+    min_frames: int = 5
+    max_frames: int = 10_000
+    first_frame: tuple[int, int] = (1, 100)
+    head_translation_px: float = 0.6
+    head_rotation_deg: float = 0.15
+    head_jitter_px: float = 0.03
+    flicker: float = 0.005
+    noise_sigma: float = 1.5
+    jpeg_quality: int = 90
+    gains: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    gamma: float = 1.0
+    blink_rate: float = 0.1
+    blink_coded: float = 0.5
+    quirk_rate: float = 0.03
+    label_noise: float = 0.08
+    apex_jitter_rate: float = 0.3
+    apex_jitter_frames: int = 3
+    unilateral_scale: float = 1.0
+
+    @property
+    def n_rows(self) -> int:
+        """Spreadsheet rows: micro plus macro expressions."""
+        return self.n_samples + self.n_macro
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A whole stand-in benchmark: one :class:`DatabaseProfile` per key.
+
+    Attributes
+    ----------
+    name : str
+    databases : dict
+        Key → DatabaseProfile, in :data:`KEYS` order.
+    amplitude_px : tuple of float
+        Log-uniform range of micro-expression apex amplitudes, native pixels.
+    macro_amplitude_px : tuple of float
+        Range for macro-expressions, native pixels.
+    macro_duration_s : tuple of float
+        Range of macro-expression durations, seconds.
+    contact_samples : int
+        Samples per database shown on its contact sheet.
+    """
+
+    name: str
+    databases: dict[str, DatabaseProfile] = field(default_factory=dict)
+    amplitude_px: tuple[float, float] = (0.25, 2.5)
+    macro_amplitude_px: tuple[float, float] = (3.0, 8.0)
+    macro_duration_s: tuple[float, float] = (0.5, 2.0)
+    contact_samples: int = 4
+
+    def total_subjects(self, keys: tuple[str, ...] | None = None) -> int:
+        return sum(self.databases[k].n_subjects for k in (keys or tuple(self.databases)))
+
+
+# Per-database look: nuisances that make cross-database generalisation a real problem.
+_LOOK = {
+    "casme": dict(grey=False, head_translation_px=0.4, head_rotation_deg=0.1, flicker=0.004,
+                  noise_sigma=1.5, jpeg_quality=85, gains=(1.04, 1.0, 0.95), gamma=1.05,
+                  blink_rate=0.08, blink_coded=0.3, first_frame=(10, 200)),
+    "casme2": dict(grey=False, head_translation_px=0.5, head_rotation_deg=0.1, flicker=0.01,
+                   noise_sigma=2.0, jpeg_quality=90, gains=(1.06, 1.0, 0.9), gamma=0.95,
+                   blink_rate=0.1, blink_coded=0.3, first_frame=(20, 400)),
+    "samm": dict(grey=True, head_translation_px=1.2, head_rotation_deg=0.25, flicker=0.02,
+                 noise_sigma=3.0, jpeg_quality=92, blink_rate=0.15, blink_coded=0.5,
+                 first_frame=(1000, 6000)),
+    "mmew": dict(grey=False, head_translation_px=0.8, head_rotation_deg=0.15, flicker=0.006,
+                 noise_sigma=1.2, jpeg_quality=88, gains=(0.97, 1.0, 1.05), gamma=1.0,
+                 blink_rate=0.1, blink_coded=0.2, first_frame=(1, 40)),
+    "fourd": dict(grey=True, head_translation_px=0.4, head_rotation_deg=0.1, flicker=0.003,
+                  noise_sigma=1.0, jpeg_quality=90, blink_rate=0.2, blink_coded=0.9,
+                  first_frame=(0, 80)),
+    "casme3a": dict(grey=False, head_translation_px=1.6, head_rotation_deg=0.3, flicker=0.008,
+                    noise_sigma=2.5, jpeg_quality=80, gains=(0.95, 1.0, 1.08), gamma=1.1,
+                    blink_rate=0.15, blink_coded=0.2, first_frame=(1, 60)),
+    "smic": dict(grey=False, head_translation_px=1.0, head_rotation_deg=0.2, flicker=0.015,
+                 noise_sigma=3.0, jpeg_quality=85, gains=(0.92, 1.05, 0.95), gamma=1.15,
+                 blink_rate=0.12, blink_coded=0.0, quirk_rate=0.0, first_frame=(100_000, 900_000)),
+}
+
+# (n_subjects, n_samples, n_macro, fps, frame_size, iod_px) per profile
+_FULL = {
+    "casme": (10, 189, 0, 60, (200, 240), 60),
+    "casme2": (14, 256, 0, 200, (640, 480), 105),
+    "samm": (14, 159, 0, 200, (2040, 1088), 150),
+    "mmew": (12, 300, 0, 90, (1920, 1080), 150),
+    "fourd": (14, 267, 0, 60, (1200, 1600), 170),
+    "casme3a": (26, 860, 86, 30, (1280, 720), 80),
+    "smic": (12, 164, 0, 100, (640, 480), 75),
+}
+_QUICK = {
+    "casme": (12, 36, 0, 30, (160, 200), 50),
+    "casme2": (12, 48, 0, 40, (320, 240), 52),
+    "samm": (12, 36, 0, 40, (384, 208), 50),
+    "mmew": (12, 48, 0, 30, (320, 180), 46),
+    "fourd": (12, 48, 0, 30, (240, 320), 60),
+    "casme3a": (12, 60, 6, 30, (320, 180), 40),
+    "smic": (12, 36, 0, 30, (320, 240), 44),
+}
+
+
+def _build(name: str, table: dict, **overrides) -> Profile:
+    dbs = {}
+    for key in KEYS:
+        n_sub, n_s, n_m, fps, size, iod = table[key]
+        dbs[key] = DatabaseProfile(key=key, n_subjects=n_sub, n_samples=n_s, n_macro=n_m, fps=fps,
+                                   frame_size=size, iod_px=iod, **{**_LOOK[key], **overrides})
+    return Profile(name=name, databases=dbs)
+
+
+def get_profile(name: str) -> Profile:
+    """The named profile: ``"quick"``, ``"full"`` or ``"tiny"``.
+
+    Raises
+    ------
+    ValueError
+        For any other name.
+    """
+    if name == "full":
+        return _build("full", _FULL)
+    if name == "quick":
+        return _build("quick", _QUICK, max_frames=14, apex_jitter_frames=2, quirk_rate=0.04)
+    if name == "tiny":
+        prof = _build("tiny", _QUICK, max_frames=6, apex_jitter_frames=1, quirk_rate=0.05)
+        dbs = {k: replace(d, n_subjects=3, n_samples=6, n_macro=1 if k == "casme3a" else 0,
+                          fps=12.0)
+               for k, d in prof.databases.items()}
+        return Profile(name="tiny", databases=dbs, macro_duration_s=(0.4, 0.5), contact_samples=2)
+    raise ValueError(f"unknown stand-in profile {name!r}; expected 'quick', 'full' or 'tiny'")
+
+
+def allocate_subjects(profile: Profile, n_identities: int) -> dict[str, int]:
+    """Subjects per database given the usable photos.
+
+    Every database keeps its profile's count when there are photos enough; otherwise the counts
+    are scaled by ``n_identities / total`` (largest remainders, at least one per database).
+
+    Raises
+    ------
+    ValueError
+        If there are fewer usable photos than databases.
+    """
+    want = {k: d.n_subjects for k, d in profile.databases.items()}
+    total = sum(want.values())
+    if n_identities >= total:
+        return want
+    if n_identities < len(want):
+        raise ValueError(f"the stand-in needs at least {len(want)} usable face photos (one per "
+                         f"database), found {n_identities}")
+    spare = n_identities - len(want)
+    quota = {k: (v - 1) * spare / (total - len(want)) for k, v in want.items()}
+    got = {k: 1 + math.floor(q) for k, q in quota.items()}
+    rest = n_identities - sum(got.values())
+    for k in sorted(quota, key=lambda k: (-(quota[k] - math.floor(quota[k])), KEYS.index(k)))[:rest]:
+        got[k] += 1
+    return got

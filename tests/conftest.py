@@ -1,0 +1,55 @@
+"""Shared fixtures: the face photos, the MediaPipe bundle, and a tiny stand-in build.
+
+``faces_dir`` and ``landmarker_model`` come from ``$MER_FACES_DIR`` / ``$MER_LANDMARKER_MODEL``,
+else from the workplace's ``../shared`` folder beside the repository.  When neither exists the
+tests that need them are skipped on a developer machine and fail on CI (``CI=true``), where they
+must run.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _external(env_var: str, shared_rel: str) -> Path:
+    value = os.environ.get(env_var)
+    path = Path(value) if value else REPO.parent / "shared" / shared_rel
+    if path.exists():
+        return path
+    msg = (f"{path} not found ({env_var} is {'set' if value else 'not set'}); set {env_var} to "
+           "a local copy")
+    if os.environ.get("CI", "").strip().lower() == "true":
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+@pytest.fixture(scope="session")
+def faces_dir() -> Path:
+    """Folder of the London-set photos (holding ``neutral_front/001_03.jpg`` …)."""
+    return _external("MER_FACES_DIR", "faces")
+
+
+@pytest.fixture(scope="session")
+def landmarker_model() -> Path:
+    """MediaPipe ``face_landmarker.task``."""
+    return _external("MER_LANDMARKER_MODEL", "models/face_landmarker.task")
+
+
+@pytest.fixture(scope="session")
+def standin_tiny(tmp_path_factory, faces_dir, landmarker_model) -> Path:
+    """The stand-in's ``tiny`` profile (seed 0), built once per test session.
+
+    Returns the output folder: ``<key>/`` database roots, ``ground_truth/``, ``contact_sheets/``.
+    Treat it as read-only: other tests share it.
+    """
+    from pipeline.standin import build_standin
+
+    out = tmp_path_factory.mktemp("standin") / "tiny"
+    build_standin(out, "tiny", seed=0, faces_dir=faces_dir, landmarker_model=landmarker_model,
+                  n_jobs=1)
+    return out

@@ -1,0 +1,492 @@
+"""The stand-in benchmark: release layouts, determinism, rendered motion, label statistics,
+photo sources and their failures."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import json
+import re
+import shutil
+import threading
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from pipeline import assets
+from pipeline.standin import KEYS, StandinError, build_standin, plan_only
+from pipeline.standin import faces as face_src
+from pipeline.standin.aus import CD6ME_AUS
+from pipeline.standin.labels import TARGET_PREVALENCE, VOCABULARY
+from pipeline.standin.profiles import allocate_subjects, get_profile
+from pipeline.standin.render import render_probe
+from pipeline.standin.writers import HEADERS, SAMM_PREAMBLE, SHEET_FILES
+
+# pandas' names for the documented headers (blank header cell i -> "Unnamed: i")
+COLUMNS = {k: [h if h is not None else f"Unnamed: {i}" for i, h in enumerate(v)]
+           for k, v in HEADERS.items()}
+FRAME_RE = {
+    "casme": r"reg_{material}-\d+\.jpg",
+    "casme2": r"img\d+\.jpg",
+    "samm": r"{subject:03d}_\d{{5}}\.jpg",
+    "mmew": r"\d+\.jpg",
+    "fourd": r"{material}_\d{{4}}\.jpg",
+    "casme3a": r"\d+\.jpg",
+    "smic": r"image\d{{6}}\.jpg",
+}
+TVL1 = dict(tau=0.25, lambda_=0.15, theta=0.3, nscales=5, warps=5, epsilon=0.01,
+            innnerIterations=30, outerIterations=10, scaleStep=0.8, gamma=0.0, medianFiltering=5,
+            useInitialFlow=False)
+
+
+def _gt(root: Path, key: str) -> list[dict]:
+    return json.loads((root / "ground_truth" / f"{key}.json").read_text())["samples"]
+
+
+def _sheet(root: Path, key: str) -> pd.DataFrame:
+    path = root / key / SHEET_FILES[key]
+    if key == "samm":
+        return pd.read_excel(path, header=13)
+    return pd.read_excel(path)
+
+
+def _frame_no(name: str) -> int:
+    return int(re.findall(r"\d+", Path(name).stem)[-1])
+
+
+# ---------------------------------------------------------------------------------------------
+# layouts
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_tiny_build_writes_the_release_layout(standin_tiny, key):
+    root = standin_tiny / key
+    gt = _gt(standin_tiny, key)
+    df = _sheet(standin_tiny, key)
+    assert list(df.columns) == COLUMNS[key]
+    assert len(df) == len(gt) > 0
+    assert (root / "ATTRIBUTION.md").is_file() and "altered" in (root / "ATTRIBUTION.md").read_text()
+    grey = key in ("samm", "fourd")
+    for i, s in enumerate(gt):
+        folder = root / s["folder"]
+        names = sorted(p.name for p in folder.iterdir())
+        numbers = sorted(_frame_no(n) for n in names)
+        # every frame onset..offset is there, under the release's file name pattern
+        assert numbers == list(range(s["frame_range"][0], s["frame_range"][1] + 1))
+        assert [_frame_no(n) for n in s["frame_files"]] == list(range(s["onset"], s["offset"] + 1))
+        subject = s["subject"]
+        pattern = FRAME_RE[key].format(material=re.escape(s["material"]),
+                                       subject=subject if isinstance(subject, int) else 0)
+        assert all(re.fullmatch(pattern, n) for n in names), (names[:3], pattern)
+        if key != "casme3a":           # one folder per sample holding exactly onset..offset
+            assert s["frame_range"] == [s["onset"], s["offset"]]
+        row = df.iloc[i]
+        material = {"fourd": "fold_name", "smic": "material"}.get(key, "Filename")
+        assert str(row[material]) == s["material"]
+        assert s["onset"] < s["apex"] < s["offset"]
+        img = cv2.imread(str(folder / s["frame_files"][0]), cv2.IMREAD_UNCHANGED)
+        assert img.ndim == (2 if grey else 3)
+        assert img.shape[:2][::-1] == tuple(s["placement"]["frame_size"])
+        assert s["emotion"] in VOCABULARY[key]
+
+
+def test_tiny_build_sheet_details(standin_tiny):
+    root = standin_tiny
+    # SAMM: free text first, the header is pandas' data row 12 (sheet row 14)
+    raw = pd.read_excel(root / "samm" / SHEET_FILES["samm"])
+    assert raw.columns[0] == SAMM_PREAMBLE[0] and len(SAMM_PREAMBLE) == 13
+    assert [str(v) for v in raw.loc[12].tolist()] == COLUMNS["samm"]
+    assert raw.iloc[:12, 0].notna().all()
+    # CASME: blank columns at 2 and 7, zero padding differs between folders
+    casme = _gt(root, "casme")
+    pads = {len(re.findall(r"\d+", f["frame_files"][0])[-1]) for f in casme}
+    assert len(pads) > 1
+    df = _sheet(root, "casme")
+    assert df["Unnamed: 2"].isna().all() and df["Unnamed: 7"].isna().all()
+    # 4DME: one-hot AU1..AU64 equal the AUs string, (k) marks included
+    four = _sheet(root, "fourd")
+    for _, row in four.iterrows():
+        tokens = {int(re.sub(r"\D", "", t)) for t in row["AUs"].split("+")}
+        assert {i for i in range(1, 65) if row[f"AU{i}"] == 1} == tokens
+    assert four["AUs"].str.startswith("AU").all()
+    # CAS(ME)^3: non-micro rows and a Filename repeated within a subject (consecutive rows)
+    c3 = _sheet(root, "casme3a")
+    assert set(c3["Expression type"]) == {"Micro-expression", "Macro-expression"}
+    micro = c3[c3["Expression type"] == "Micro-expression"]
+    assert micro.duplicated(["Subject", "Filename"]).any()
+    gt3 = _gt(root, "casme3a")
+    assert len({(g["subject"], g["material_unique"]) for g in gt3}) == len(gt3)
+    # SMIC: blank first column, no apex, no AUs; emotion folder = emotion
+    smic = _sheet(root, "smic")
+    assert smic["Unnamed: 0"].isna().all()
+    for s in _gt(root, "smic"):
+        assert f"/micro/{s['emotion']}/" in s["folder"]
+    # MMEW: Micro_Expression/{emotion}/{Filename}
+    for s in _gt(root, "mmew"):
+        assert s["folder"] == f"Micro_Expression/{s['emotion']}/{s['material']}"
+
+
+def test_tiny_build_quirks_are_written_and_recorded(standin_tiny):
+    seen = Counter()
+    for key in KEYS:
+        df = _sheet(standin_tiny, key)
+        apex_col = {"casme": "ApexF1", "casme2": "ApexFrame", "samm": "Apex Frame",
+                    "mmew": "ApexFrame", "fourd": "Apex", "casme3a": "Apex"}.get(key)
+        au_col = {"casme": "AU", "casme2": "Action Units", "samm": "Action Units",
+                  "mmew": "Action Units", "fourd": "AUs", "casme3a": "AU"}.get(key)
+        for i, s in enumerate(_gt(standin_tiny, key)):
+            row = df.iloc[i]
+            for q in s["quirks"]:
+                seen[q] += 1
+            if "apex_missing" in s["quirks"]:
+                assert s["annotated_apex"] is None
+                assert pd.isna(row[apex_col]) or str(row[apex_col]).strip() == "/"
+            elif apex_col:
+                assert int(row[apex_col]) == s["annotated_apex"]
+                assert abs(s["annotated_apex"] - s["apex"]) <= 1       # tiny: jitter ≤ 1 frame
+            if au_col:
+                assert str(row[au_col]) == s["au_cell"]
+                assert ("?" in s["au_cell"]) == ("au_question" in s["quirks"])
+                assert (" or " in s["au_cell"]) == ("au_or" in s["quirks"])
+    assert set(seen) == {"apex_missing", "au_question", "au_or"}
+
+
+def test_tiny_build_ground_truth_and_report(standin_tiny):
+    report = json.loads((standin_tiny / "ground_truth" / "build.json").read_text())
+    assert report["profile"] == "tiny" and report["seed"] == 0
+    used = report["photos"]["used"]
+    by_db = {k: {u["identity"] for u in used if u["database"] == k} for k in KEYS}
+    assert all(len(v) == 3 for v in by_db.values())
+    assert len(set().union(*by_db.values())) == 21                  # disjoint across databases
+    for key in KEYS:
+        gt = _gt(standin_tiny, key)
+        assert report["databases"][key]["rows"] == len(gt)
+        assert len({(g["subject"], g["identity"]["identity"]) for g in gt}) == 3
+        for s in gt:
+            if s["expression_type"] != "micro":
+                continue
+            for a in s["aus"]:
+                if a["rendered"] and a["au"] != 45:        # capped only to keep warps 1-to-1
+                    assert 0 < a["amplitude_px"] <= a["requested_px"] <= 3.0
+                    assert a["capped"] == (a["amplitude_px"] < a["requested_px"])
+                    assert a["amplitude_px"] > 0.7 * a["requested_px"]
+        csv = pd.read_csv(standin_tiny / "ground_truth" / f"{key}.csv")
+        assert len(csv) == len(gt)
+        png = cv2.imread(str(standin_tiny / "contact_sheets" / f"{key}.png"))
+        assert png is not None and png.shape[0] > 200 and png.shape[1] == 480
+    assert "altered" in (standin_tiny / "ATTRIBUTION.md").read_text()
+
+
+def test_stage_rebuild_is_byte_identical(standin_tiny, tmp_path, faces_dir, landmarker_model,
+                                         monkeypatch):
+    """The DVC stage with 2 workers reproduces the fixture's single-process build byte for byte."""
+    from stages import standin as stage
+
+    params = {"config": "quick", "seed": 0,
+              "standin": {"profile": "tiny", "seed": 0, "faces_dir": str(faces_dir),
+                          "landmarker_model": str(landmarker_model), "n_jobs": 2,
+                          "out": str(tmp_path / "data" / "standin")}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    stage.main(["--params", str(tmp_path / "params.yaml")])
+
+    def tree(root: Path) -> dict[str, str]:
+        return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(root.rglob("*")) if p.is_file()}
+
+    a, b = tree(standin_tiny), tree(tmp_path / "data" / "standin")
+    assert a.keys() == b.keys()
+    assert [k for k in a if a[k] != b[k]] == []
+    assert not [p for p in (tmp_path / "data").iterdir() if p.name.startswith(".")]  # no temp left
+
+
+def test_stage_failure_leaves_no_output(tmp_path):
+    from stages import standin as stage
+
+    params = {"standin": {"profile": "tiny", "seed": 0, "faces_dir": str(tmp_path / "nope"),
+                          "n_jobs": 1, "out": str(tmp_path / "out")}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(StandinError, match="nope"):
+        stage.main(["--params", str(tmp_path / "params.yaml")])
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["params.yaml"]
+
+
+# ---------------------------------------------------------------------------------------------
+# motion
+
+
+@pytest.fixture(scope="module")
+def probe_faces(faces_dir, landmarker_model):
+    from pipeline.facedetect import FaceLandmarker
+
+    out = []
+    with FaceLandmarker(landmarker_model) as lm:
+        for name in ("neutral_front/001_03.jpg", "neutral_front/014_03.jpg"):
+            img = face_src.read_rgb(faces_dir / name)
+            out.append((img, lm(img)))
+    return out
+
+
+def _region_stats(flow, event, roi, threshold=0.5):
+    x0, y0, w, h = roi
+    field = event.field
+    mag = np.hypot(field[..., 0], field[..., 1])
+    reg = mag >= threshold * mag.max()
+    f = flow[y0:y0 + h, x0:x0 + w]
+    unit = field / np.maximum(mag, 1e-9)[..., None]
+    return float((f * unit).sum(-1)[reg].mean()), float(mag[reg].mean()), mag, f
+
+
+def test_measured_motion_is_the_rendered_motion(probe_faces):
+    """TV-L1 between onset and apex, averaged over each rendered AU's region, tracks the
+    ground-truth amplitude; regions of AUs not rendered stay at the noise floor."""
+    tvl1 = cv2.optflow.DualTVL1OpticalFlow_create(**TVL1)
+    rng = np.random.default_rng(1)
+    measured, true, floor = [], [], []
+    for img, lm in probe_faces:
+        for au in CD6ME_AUS:
+            amp = float(rng.uniform(0.5, 2.5))
+            onset, apex, placed, event, roi = render_probe(img, lm, {(au, "B"): amp}, (320, 240), 52.0)
+            assert event.amplitudes[0]["amplitude_px"] == pytest.approx(amp)
+            flow = tvl1.calc(cv2.cvtColor(onset, cv2.COLOR_RGB2GRAY),
+                             cv2.cvtColor(apex, cv2.COLOR_RGB2GRAY), None)
+            m, t, mag, f = _region_stats(flow, event, roi)
+            measured.append(m)
+            true.append(t)
+            far = mag < 0.02 * mag.max()        # away from the rendered AU: no motion drawn
+            floor.append(float(np.hypot(f[..., 0], f[..., 1])[far].mean()))
+    measured, true = np.array(measured), np.array(true)
+    ratio = measured / true
+    assert np.corrcoef(measured, true)[0, 1] >= 0.8
+    assert ratio.min() >= 0.5 and ratio.max() <= 1.3, ratio.round(2)
+    assert max(floor) < 0.05
+
+
+def test_unilateral_aus_move_one_side_only(probe_faces):
+    img, lm = probe_faces[0]
+    tvl1 = cv2.optflow.DualTVL1OpticalFlow_create(**TVL1)
+    onset, apex, placed, event, roi = render_probe(img, lm, {(12, "R"): 1.5}, (320, 240), 52.0)
+    flow = tvl1.calc(cv2.cvtColor(onset, cv2.COLOR_RGB2GRAY), cv2.cvtColor(apex, cv2.COLOR_RGB2GRAY),
+                     None)
+    right, left = placed.landmarks[61], placed.landmarks[291]    # subject's right = image left
+
+    def speed(p):
+        x, y = int(round(p[0])), int(round(p[1]))
+        win = flow[y - 3:y + 4, x - 3:x + 4]
+        return float(np.hypot(win[..., 0], win[..., 1]).mean())
+
+    assert speed(right) > 0.6 and speed(left) < 0.1
+    dx, dy = flow[int(right[1]) - 3:int(right[1]) + 4, int(right[0]) - 3:int(right[0]) + 4].reshape(
+        -1, 2).mean(0)
+    assert dx < 0 and dy < 0                  # up and out (out = image left on this side)
+
+
+def test_built_frames_carry_the_recorded_motion(standin_tiny):
+    """On the written JPEG frames (head motion, noise, flicker, compression included), the flow at
+    each sample's strongest AU, minus the face's median flow, follows the recorded amplitude."""
+    tvl1 = cv2.optflow.DualTVL1OpticalFlow_create(**TVL1)
+    amps, meas = [], []
+    for key in ("casme", "casme2", "samm", "mmew", "fourd", "casme3a"):
+        for s in _gt(standin_tiny, key):
+            aus = [a for a in s["aus"] if a["rendered"] and a["au"] not in (43, 45)]
+            if s["expression_type"] != "micro" or not aus:
+                continue
+            a = max(aus, key=lambda a: a["amplitude_px"])
+            folder = standin_tiny / key / s["folder"]
+            f0 = cv2.imread(str(folder / s["frame_files"][0]), cv2.IMREAD_GRAYSCALE)
+            f1 = cv2.imread(str(folder / s["frame_files"][s["apex"] - s["onset"]]),
+                            cv2.IMREAD_GRAYSCALE)
+            # flow on the face box only (the noisy frames make TV-L1 run all its iterations)
+            h, w = f0.shape
+            x0, y0, x1, y1 = (int(v) for v in s["face_box"])
+            x0, y0, x1, y1 = max(0, x0 - 8), max(0, y0 - 8), min(w, x1 + 8), min(h, y1 + 8)
+            flow = tvl1.calc(f0[y0:y1, x0:x1], f1[y0:y1, x0:x1], None)
+            rigid = np.median(flow.reshape(-1, 2), axis=0)
+            px, py = int(round(a["peak_xy"][0])) - x0, int(round(a["peak_xy"][1])) - y0
+            r = max(2, int(0.05 * s["placement"]["iod_px"]))
+            win = flow[py - r:py + r + 1, px - r:px + r + 1].reshape(-1, 2) - rigid
+            amps.append(a["amplitude_px"])
+            meas.append(float((win @ np.asarray(a["peak_dir"])).mean()))
+    amps, meas = np.array(amps), np.array(meas)
+    assert len(amps) >= 25
+    assert np.corrcoef(amps, meas)[0, 1] >= 0.6
+    assert 0.3 <= float(np.median(meas[amps >= 0.5] / amps[amps >= 0.5])) <= 1.3
+
+
+# ---------------------------------------------------------------------------------------------
+# labels
+
+
+def test_full_profile_label_draw_has_cd6me_statistics():
+    plan = plan_only("full", seed=0)
+    counts = {"casme": 189, "casme2": 256, "samm": 159, "fourd": 267, "mmew": 300, "casme3a": 860,
+              "smic": 164}
+    micro = {}
+    for key, db in plan.databases.items():
+        micro[key] = [s for s in db.samples if s.expression_type == "micro"]
+        assert len(micro[key]) == counts[key]
+        per_subject = Counter(s.subject for s in micro[key])
+        assert min(per_subject.values()) >= 2                  # several samples per subject
+        assert all(s.emotion in VOCABULARY[key] for s in db.samples)
+    assert plan.databases["casme3a"].profile.n_macro > 0
+    rows = [s for k in ("casme", "casme2", "samm", "fourd", "mmew", "casme3a") for s in micro[k]]
+    assert len(rows) == 2031
+    y = np.array([[au in s.label_aus for au in CD6ME_AUS] for s in rows])
+    for j, au in enumerate(CD6ME_AUS):
+        assert abs(y[:, j].mean() - TARGET_PREVALENCE[au]) <= 0.03, au
+    none = ~y.any(axis=1)
+    assert 0.07 <= none.mean() <= 0.13
+
+    def p(a, given=None):
+        col = {au: j for j, au in enumerate(CD6ME_AUS)}
+        sel = y[:, col[given]] if given else np.ones(len(y), bool)
+        return y[sel, col[a]].mean()
+
+    assert p(2, given=1) > 0.5 and p(12, given=6) > 0.5
+    assert p(1, given=4) < 0.6 * p(1) and p(2, given=4) < 0.6 * p(2) and p(14, given=4) < 0.2 * p(14)
+    # identities: disjoint blocks, at most the 102 photos
+    ids = {k: {s.identity for s in db.subjects} for k, db in plan.databases.items()}
+    assert sum(len(v) for v in ids.values()) == len(set().union(*ids.values())) <= 102
+    # amplitudes: log-uniform-ish, mostly sub-pixel, a sizeable share below 0.5 px
+    amps = np.array([a.amplitude_px for s in rows for a in
+                     plan.databases[s.key].clips[s.clip].events[s.event].actions
+                     if a.rendered and not a.k_marked and a.au in CD6ME_AUS])
+    assert 0.2 <= (amps < 0.5).mean() <= 0.45 and (amps < 1.0).mean() >= 0.5 and amps.max() <= 3.0
+    # annotation: apex off by a few frames now and then; a small share of quirks
+    off = np.array([s.annotated_apex - s.apex for s in rows if s.annotated_apex is not None])
+    assert 0.1 <= (off != 0).mean() <= 0.5 and np.abs(off).max() <= 3
+    quirks = Counter(q for s in rows for q in s.quirks)
+    assert set(quirks) == {"apex_missing", "au_question", "au_or"}
+    assert 0.005 <= sum(quirks.values()) / len(rows) <= 0.06
+    noise = np.mean([s.emotion != s.rule_emotion for s in rows])
+    assert 0.03 <= noise <= 0.15
+
+
+def test_label_draw_is_deterministic_and_seeded():
+    a = plan_only("quick", seed=3).to_dict()
+    assert a == plan_only("quick", seed=3).to_dict()
+    assert a != plan_only("quick", seed=4).to_dict()
+
+
+def test_subjects_scale_down_with_fewer_photos():
+    prof = get_profile("full")
+    assert allocate_subjects(prof, 500) == {k: d.n_subjects for k, d in prof.databases.items()}
+    few = allocate_subjects(prof, 20)
+    assert sum(few.values()) == 20 and min(few.values()) >= 1
+    assert few["casme3a"] == max(few.values())
+    with pytest.raises(ValueError, match="at least 7"):
+        allocate_subjects(prof, 5)
+    plan = plan_only("tiny", seed=0, n_identities=9)
+    assert sum(len(db.subjects) for db in plan.databases.values()) == 9
+
+
+# ---------------------------------------------------------------------------------------------
+# photo sources
+
+
+def test_faces_folder_errors(tmp_path, landmarker_model, faces_dir, monkeypatch):
+    monkeypatch.delenv("MER_FACES_DIR", raising=False)
+    with pytest.raises(StandinError, match="nope"):
+        face_src.resolve_faces_dir(tmp_path / "nope")
+    with pytest.raises(StandinError, match="downloading is disabled"):
+        face_src.resolve_faces_dir(None, allow_download=False)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(StandinError, match="no face photos"):
+        face_src.list_photos(empty)
+    blank = tmp_path / "blank"
+    blank.mkdir()
+    cv2.imwrite(str(blank / "grey.jpg"), np.full((300, 300, 3), 128, np.uint8))
+    (blank / "broken.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(StandinError, match=re.escape(str(blank))):
+        face_src.select_identities(face_src.list_photos(blank), 2, landmarker_model)
+    with pytest.raises(StandinError, match="not empty"):
+        build_standin(blank, "tiny", faces_dir=faces_dir, landmarker_model=landmarker_model)
+
+
+def test_photos_without_a_face_are_skipped_and_reported(tmp_path, faces_dir, landmarker_model):
+    folder = tmp_path / "faces"
+    (folder / "neutral_front").mkdir(parents=True)
+    for name in sorted((faces_dir / "neutral_front").glob("*.jpg"))[:7]:
+        shutil.copy(name, folder / "neutral_front" / name.name)
+    cv2.imwrite(str(folder / "neutral_front" / "999_03.jpg"), np.full((400, 400, 3), 90, np.uint8))
+    (folder / "neutral_front" / "998_03.jpg").write_bytes(b"\xff\xd8 truncated")
+    report = build_standin(tmp_path / "out", "tiny", seed=0, faces_dir=folder,
+                           landmarker_model=landmarker_model, contact_sheets=False)
+    skipped = {s["file"]: s["reason"] for s in report["photos"]["skipped"]}
+    assert skipped == {"neutral_front/999_03.jpg": "no face found",
+                       "neutral_front/998_03.jpg": "unreadable image"}
+    assert [d["subjects"] for d in report["databases"].values()] == [1] * 7
+    saved = json.loads((tmp_path / "out" / "ground_truth" / "build.json").read_text())
+    assert saved["photos"]["skipped"] == report["photos"]["skipped"]
+    assert len({u["file"] for u in saved["photos"]["used"]}) == 7
+
+
+@pytest.fixture()
+def http_root(tmp_path):
+    root = tmp_path / "served"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}", server
+    server.shutdown()
+    server.server_close()
+
+
+def test_photos_download_from_the_manifest_with_checksums(tmp_path, faces_dir, http_root,
+                                                          monkeypatch):
+    root, base, server = http_root
+    entries = [e for e in face_src.load_manifest() if e.identity in ("001", "002", "003")]
+    assert len(entries) == 3
+    lines = ["file,identity,url,sha256,bytes"]
+    for e in entries:
+        shutil.copy(faces_dir / e.file, root / Path(e.file).name)
+        lines.append(f"{e.file},{e.identity},{base}/{Path(e.file).name},{e.sha256},{e.bytes}")
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    monkeypatch.delenv("MER_FACES_DIR", raising=False)
+    monkeypatch.setenv("MER_CACHE_DIR", str(tmp_path / "cache"))
+
+    folder = face_src.resolve_faces_dir(None, manifest=manifest)
+    assert folder == tmp_path / "cache" / "faces"
+    photos = face_src.list_photos(folder)
+    assert [(p.file, p.identity) for p in photos] == [(e.file, e.identity) for e in entries]
+    assert all(assets.sha256_of(p.path) == e.sha256 for p, e in zip(photos, entries, strict=True))
+
+    # a second resolution uses the verified cache: no server needed
+    server.shutdown()
+    server.server_close()
+    assert face_src.resolve_faces_dir(None, manifest=manifest) == folder
+    # a corrupted cached photo is fetched again, and fails clearly when the server is gone
+    (folder / entries[0].file).write_bytes(b"corrupted")
+    with pytest.raises(assets.AssetError, match="001_03.jpg"):
+        face_src.resolve_faces_dir(None, manifest=manifest)
+
+
+def test_download_checksum_mismatch_is_reported(tmp_path, faces_dir, http_root):
+    root, base, _ = http_root
+    e = face_src.load_manifest()[0]
+    shutil.copy(faces_dir / e.file, root / "x.jpg")
+    wrong = face_src.ManifestEntry(e.file, e.identity, f"{base}/x.jpg", "f" * 64, e.bytes)
+    with pytest.raises(assets.AssetError) as err:
+        face_src.download_faces(tmp_path / "dest", [wrong])
+    assert "does not match" in str(err.value) and e.file in str(err.value)
+    assert not list((tmp_path / "dest").rglob("*.jpg"))
+
+
+def test_shipped_manifest_matches_the_photos(faces_dir):
+    entries = face_src.load_manifest()
+    assert len(entries) == 102 and len({e.identity for e in entries}) == 102
+    e = entries[0]
+    assert assets.sha256_of(faces_dir / e.file) == e.sha256
+    assert (faces_dir / e.file).stat().st_size == e.bytes
+    assert all(e.url.startswith("https://raw.githubusercontent.com/debruine/webmorphR.stim/")
+               for e in entries)
