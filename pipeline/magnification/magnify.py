@@ -1,0 +1,344 @@
+"""Magnified latents and decoded magnified apex frames for every sample (``magnify`` stage).
+
+Reads the aligned crops of ``data/features/faces.h5`` at the flow size S (``crop{S}/onset``,
+``crop{S}/apex``, ``crop{S}/pseudo_apex``) and writes ``data/features/magnified.h5`` (schema
+``magnified``, docs/internals.md):
+
+* ``latent/onset_apex``, ``latent/onset_pseudo`` (N, 32, S/2, S/2) float16 — InfuseNet's
+  magnified latents (Khor et al. 2025, Sec. 3.2, Eq. 1–2): the Oh et al. manipulator's magnified
+  difference Δ̂ = h((α − 1)·g(M_b − M_a)) for (onset, apex) and (onset, pseudo-apex) at
+  α = ``latent_alpha`` (paper: 10), as InfuseNet's ref. code takes it (``latent_kind:
+  difference``); ``latent_kind: manipulated`` stores M̂ = M_b + Δ̂ instead.
+* ``frames/oh/alpha{a}/apex`` (N, S, S, 3) uint8 — Oh et al.'s decoded magnified apex (onset →
+  apex) for each a in ``frames.oh`` (the annotation-mimicking network's α = 6, Ruan et al. 2022;
+  InfuseNet's decoded-image ablation, α = 10, Table 3).
+* ``frames/stmemm/alpha{a}/apex`` (N, S, S, 3) uint8 — ST-MEMM's magnified apex for each a in
+  ``frames.stmemm`` (GAM-MM-MER: α = 5 and the augmentation factors 8, 10, 12, 15; Wu et al. 2024,
+  Sec. 3.3, Table 4).
+* ``pseudo_apex_offset`` (N,) int16 — the pseudo-apex offset k (frames after the annotated apex,
+  an index into faces.h5's pseudo-apex window), drawn per sample in [0, ``max_offset``] by
+  :func:`pipeline.models.infusenet.draw_pseudo_apex_offsets` (InfuseNet Sec. 3.1);
+  ``pseudo_apex_frame`` (N,) int32 its frame number.
+
+Samples are processed in batches on the configured device; the magnifiers' encoders run once per
+frame and the manipulator/decoder once per factor.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from pipeline.features.cache import CacheError, CacheWriter, FeatureCache
+from pipeline.magnification.oh2018 import OhMagNet, from_model_range, to_model_range
+from pipeline.magnification.stmemm import STMEMM
+
+log = logging.getLogger("magnify")
+
+__all__ = ["LATENT_KINDS", "draw_offsets", "magnify_faces", "plot_magnified_samples", "run_magnify"]
+
+LATENT_KINDS = ("difference", "manipulated")
+
+
+def draw_offsets(sample_ids: Sequence[str], seed: int, max_offset: int) -> np.ndarray:
+    """Pseudo-apex offsets (N,) int16 in [0, max_offset], reproducible per (seed, sample id).
+
+    Uses InfuseNet's :func:`pipeline.models.infusenet.draw_pseudo_apex_offsets` (per-sample mode)
+    so that both stages agree on the pseudo-apex.
+    """
+    from pipeline.models.infusenet import draw_pseudo_apex_offsets
+
+    drawn = draw_pseudo_apex_offsets(list(sample_ids), seed, max_offset)
+    return np.array([drawn[s] for s in sample_ids], dtype=np.int16)
+
+
+def _check_inputs(faces: FeatureCache, size: int) -> tuple[str, str, str]:
+    names = (f"crop{size}/onset", f"crop{size}/apex", f"crop{size}/pseudo_apex")
+    missing = [n for n in names if n not in faces.datasets]
+    if missing:
+        raise CacheError(
+            f"{faces.path}: no {missing} — the magnify stage needs the crops at the flow size "
+            f"{size} px (faces.sizes must include flow.size); has {sorted(faces.datasets)}")
+    shape_o = faces.datasets[names[0]][0]
+    shape_p = faces.datasets[names[2]][0]
+    if shape_o[1:] != (size, size, 3) or len(shape_p) != 5 or shape_p[2:] != (size, size, 3):
+        raise CacheError(f"{faces.path}: expected {names[0]} (N, {size}, {size}, 3) and {names[2]} "
+                         f"(N, W, {size}, {size}, 3), got {shape_o} and {shape_p}")
+    return names
+
+
+@torch.no_grad()
+def _oh_outputs(model: OhMagNet, onset: torch.Tensor, apex: torch.Tensor, pseudo: torch.Tensor,
+                latent_alpha: float, latent_kind: str,
+                alphas: Sequence[float]) -> dict[str, np.ndarray]:
+    _, m_on = model.encode(onset)
+    tex_ap, m_ap = model.encode(apex)
+    _, m_ps = model.encode(pseudo)
+    out: dict[str, np.ndarray] = {}
+    pick = 0 if latent_kind == "difference" else 1
+    for name, m_b in (("onset_apex", m_ap), ("onset_pseudo", m_ps)):
+        lat = model.manipulator(m_on, m_b, latent_alpha)[pick].float()
+        if not torch.isfinite(lat).all() or lat.abs().max() > 6.0e4:
+            raise FloatingPointError(f"latent/{name} exceeds the float16 range "
+                                     f"(max |x| = {lat.abs().max().item():.3g})")
+        out[f"latent/{name}"] = lat.half().cpu().numpy()
+    for a in alphas:
+        shape_mag = model.manipulator(m_on, m_ap, float(a))[1]
+        out[f"frames/oh/alpha{_fmt(a)}/apex"] = from_model_range(model.decoder(tex_ap, shape_mag))
+    return out
+
+
+@torch.no_grad()
+def _stmemm_outputs(model: STMEMM, onset: torch.Tensor, apex: torch.Tensor,
+                    alphas: Sequence[float]) -> dict[str, np.ndarray]:
+    f_on = model.encode(onset)
+    f_ap = model.encode(apex)
+    return {f"frames/stmemm/alpha{_fmt(a)}/apex":
+            from_model_range(model.decode(model.manipulate(f_on, f_ap, float(a))))
+            for a in alphas}
+
+
+def _fmt(a: float) -> str:
+    return str(int(a)) if float(a).is_integer() else str(a)
+
+
+def magnify_faces(faces_path: str | os.PathLike, out_path: str | os.PathLike,
+                  magnifiers: Mapping[str, nn.Module], size: int, cfg: Mapping[str, Any],
+                  device: torch.device, params: Mapping[str, Any],
+                  progress: bool = True) -> dict[str, Any]:
+    """Compute and write ``magnified.h5`` for every sample of ``faces.h5``.
+
+    Parameters
+    ----------
+    faces_path : path
+        ``data/features/faces.h5`` (schema ``faces``).
+    out_path : path
+        ``data/features/magnified.h5``, written atomically.
+    magnifiers : mapping
+        ``{"oh": OhMagNet, "stmemm": STMEMM}`` in eval mode on ``device``; a missing key skips
+        its outputs (``oh`` is required for the latents).
+    size : int
+        Crop side S (``flow.size``), pixels.
+    cfg : mapping
+        The ``magnify`` section: ``latent_alpha``, ``latent_kind``, ``frames`` (``{"oh": [...],
+        "stmemm": [...]}``), ``pseudo_apex`` (``seed``, ``max_offset``), ``batch_size``.
+    device : torch.device
+    params : mapping
+        Stored in the file (readers compare them).
+
+    Returns
+    -------
+    dict
+        ``n_samples``, the dataset names written, the offsets' histogram.
+
+    Raises
+    ------
+    CacheError
+        If ``faces.h5`` is missing, of another schema, or lacks the crops at size S.
+    ValueError
+        On an unknown ``latent_kind`` or a missing Oh magnifier.
+    """
+    latent_kind = cfg.get("latent_kind", "difference")
+    if latent_kind not in LATENT_KINDS:
+        raise ValueError(f"magnify.latent_kind must be one of {LATENT_KINDS}, got {latent_kind!r}")
+    if "oh" not in magnifiers:
+        raise ValueError("magnify: the Oh et al. magnifier is needed for the latents")
+    faces = FeatureCache(faces_path, "faces")
+    n_onset, n_apex, n_pseudo = _check_inputs(faces, size)
+    ids = list(faces.sample_ids)
+    if not ids:
+        raise CacheError(f"{faces.path}: no samples (every sample failed in the faces stage?)")
+    window = faces.datasets[n_pseudo][0][1]
+    pa = cfg.get("pseudo_apex", {})
+    max_offset = int(pa.get("max_offset", 5))
+    offsets = draw_offsets(ids, int(pa.get("seed", 0)), max_offset)
+    if max_offset > window - 1:
+        log.warning("pseudo-apex offsets up to %d frames but faces.h5 holds a window of %d: "
+                    "clipping %d offsets to %d", max_offset, window,
+                    int(np.sum(offsets > window - 1)), window - 1)
+        offsets = np.minimum(offsets, window - 1).astype(np.int16)
+    has_numbers = "frame_numbers/pseudo_apex" in faces.datasets
+    frames_cfg = cfg.get("frames", {})
+    oh_alphas = [float(a) for a in frames_cfg.get("oh", [])]
+    st_alphas = [float(a) for a in frames_cfg.get("stmemm", [])] if "stmemm" in magnifiers else []
+    batch = int(cfg.get("batch_size", 16))
+    latent_alpha = float(cfg.get("latent_alpha", 10))
+    names: list[str] = []
+    with CacheWriter(out_path, "magnified", params) as writer:
+        bar = tqdm(range(0, len(ids), batch), desc="magnify", disable=not progress,
+                   mininterval=2.0)
+        for start in bar:
+            rows = np.arange(start, min(start + batch, len(ids)))
+            onset = faces.read(n_onset, slice(rows[0], rows[-1] + 1))
+            apex = faces.read(n_apex, slice(rows[0], rows[-1] + 1))
+            window_frames = faces.read(n_pseudo, slice(rows[0], rows[-1] + 1))
+            k = offsets[rows]
+            pseudo = window_frames[np.arange(len(rows)), k]
+            t_on, t_ap, t_ps = (to_model_range(x, device) for x in (onset, apex, pseudo))
+            out = _oh_outputs(magnifiers["oh"], t_on, t_ap, t_ps, latent_alpha, latent_kind,
+                              oh_alphas)
+            if st_alphas:
+                out.update(_stmemm_outputs(magnifiers["stmemm"], t_on, t_ap, st_alphas))
+            if has_numbers:
+                numbers = faces.read("frame_numbers/pseudo_apex", slice(rows[0], rows[-1] + 1))
+                out["pseudo_apex_frame"] = numbers[np.arange(len(rows)), k].astype(np.int32)
+            out["pseudo_apex_offset"] = k.astype(np.int16)
+            for j, r in enumerate(rows):
+                writer.append(ids[r], {name: arr[j] for name, arr in out.items()})
+            names = sorted(out)
+    faces.close()
+    hist = np.bincount(offsets, minlength=max_offset + 1)
+    return {"n_samples": len(ids), "datasets": names,
+            "pseudo_apex_offset_counts": hist.tolist()}
+
+
+def plot_magnified_samples(faces_path: str | os.PathLike, magnified_path: str | os.PathLike,
+                           size: int, out_png: str | os.PathLike, n_samples: int = 4,
+                           diff_gain: float = 8.0, seed: int = 0,
+                           magnifiers: Mapping[str, nn.Module] | None = None,
+                           device: torch.device | str = "cpu") -> None:
+    """Figure: onset, apex, magnified apex frames and their differences, the latent.
+
+    Columns: onset | apex | |apex − onset| | per magnifier (the smallest stored factor of Oh et
+    al. and of ST-MEMM): magnified apex and its magnified change | mean |latent| over channels.
+    The magnified change is |magnified − the same network at α = 1| when ``magnifiers`` are given
+    (the network's reconstruction of the apex, so that its reconstruction blur cancels), else
+    |magnified − onset|.  Differences are grey-level magnitudes (mean over RGB) × ``diff_gain``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    faces = FeatureCache(faces_path, "faces")
+    mag = FeatureCache(magnified_path, "magnified")
+    rng = np.random.default_rng(seed)
+    ids = list(mag.sample_ids)
+    pick = sorted(rng.choice(len(ids), size=min(n_samples, len(ids)), replace=False).tolist())
+    frame_sets = sorted({n.rsplit("/", 1)[0] for n in mag.datasets if n.startswith("frames/")})
+    shown = []
+    for kind in ("oh", "stmemm"):
+        sets = [s for s in frame_sets if s.startswith(f"frames/{kind}/")]
+        if sets:
+            shown.append(sorted(sets, key=lambda s: float(s.rsplit("alpha", 1)[1]))[0])
+    cols = 3 + 2 * len(shown) + 1
+    fig, axes = plt.subplots(len(pick), cols, figsize=(1.9 * cols, 2.0 * len(pick)),
+                             squeeze=False)
+    for r, i in enumerate(pick):
+        sid = ids[i]
+        fi = faces.index_of(sid)
+        onset_u8 = faces.read(f"crop{size}/onset", fi)
+        apex_u8 = faces.read(f"crop{size}/apex", fi)
+        onset, apex = onset_u8.astype(np.float32), apex_u8.astype(np.float32)
+        panels = [(onset, "onset"), (apex, "apex"),
+                  (np.abs(apex - onset).mean(-1) * diff_gain, f"|apex−onset|×{diff_gain:g}")]
+        for s in shown:
+            frame = mag.read(f"{s}/apex", i).astype(np.float32)
+            kind = s.split("/")[1]
+            label = s.removeprefix("frames/").replace("/alpha", " α=")
+            panels.append((frame, label))
+            if magnifiers is not None and kind in magnifiers:
+                ref = _magnify_one(magnifiers[kind], onset_u8, apex_u8, 1.0, device)
+                panels.append((np.abs(frame - ref).mean(-1) * diff_gain,
+                               f"|{label} − α=1|×{diff_gain:g}"))
+            else:
+                panels.append((np.abs(frame - onset).mean(-1) * diff_gain,
+                               f"|{label} − onset|×{diff_gain:g}"))
+        lat = mag.read("latent/onset_apex", i).astype(np.float32)
+        panels.append((np.abs(lat).mean(0), "mean |latent| onset→apex"))
+        for c, (img, title) in enumerate(panels):
+            ax = axes[r, c]
+            if img.ndim == 3:
+                ax.imshow(np.clip(img, 0, 255).astype(np.uint8))
+            elif title.startswith("mean |latent|"):
+                ax.imshow(img, cmap="magma")
+            else:
+                ax.imshow(np.clip(img, 0, 255), cmap="magma", vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(title, fontsize=7)
+        axes[r, 0].set_ylabel(sid, fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110, format="png")
+    plt.close(fig)
+    faces.close()
+    mag.close()
+
+
+@torch.no_grad()
+def _magnify_one(model: nn.Module, a: np.ndarray, b: np.ndarray, alpha: float,
+                 device: torch.device | str) -> np.ndarray:
+    out = model(to_model_range(a, device), to_model_range(b, device), alpha)
+    return from_model_range(out)[0].astype(np.float32)
+
+
+def run_magnify(cfg: Mapping[str, Any], *, size: int, seed: int,
+                faces_path: str | os.PathLike, models_dir: str | os.PathLike,
+                out_path: str | os.PathLike, figure_path: str | os.PathLike,
+                progress: bool = True) -> dict[str, Any]:
+    """The ``magnify`` stage: load the trained magnifiers, write ``magnified.h5`` and the figure.
+
+    Parameters
+    ----------
+    cfg : mapping
+        The resolved ``magnify`` section (``device``, ``torch_threads``, ``latent_alpha``,
+        ``latent_kind``, ``frames``, ``pseudo_apex``, ``batch_size``, ``figure_samples``).
+    size : int
+        ``flow.size``: the crop side S the latents and frames are computed at.
+    seed : int
+        The project seed (the figure's choice of samples).
+    faces_path, models_dir, out_path, figure_path : path
+        ``data/features/faces.h5``, ``models/magnifier``, ``data/features/magnified.h5``, and the
+        figure (PNG).
+
+    Returns
+    -------
+    dict
+        Summary of :func:`magnify_faces`.
+
+    Raises
+    ------
+    FileNotFoundError
+        A weight file is missing.
+    CacheError
+        ``faces.h5`` is missing or lacks the crops at size S.
+    """
+    from pipeline.assets import sha256_of
+    from pipeline.io import atomic_path
+    from pipeline.magnification.train import WEIGHT_FILES, load_magnifier, resolve_device
+
+    device = resolve_device(str(cfg.get("device", "auto")))
+    if cfg.get("torch_threads"):
+        torch.set_num_threads(int(cfg["torch_threads"]))
+    frames_cfg = cfg.get("frames", {})
+    needed = ["oh"] + (["stmemm"] if frames_cfg.get("stmemm") else [])
+    magnifiers: dict[str, nn.Module] = {}
+    stored: dict[str, Any] = {}
+    for kind in needed:
+        path = Path(models_dir) / WEIGHT_FILES[kind]
+        model, meta = load_magnifier(path, device)
+        magnifiers[kind] = model
+        stored[kind] = {"arch": meta["arch"], "sha256": sha256_of(path)}
+    params = {"size": int(size), "latent_alpha": float(cfg.get("latent_alpha", 10)),
+              "latent_kind": cfg.get("latent_kind", "difference"),
+              "frames": {k: [float(a) for a in v] for k, v in frames_cfg.items()},
+              "pseudo_apex": dict(cfg.get("pseudo_apex", {})), "magnifiers": stored}
+    summary = magnify_faces(faces_path, out_path, magnifiers, int(size), cfg, device, params,
+                            progress=progress)
+    with atomic_path(figure_path, suffix=".png") as tmp:
+        plot_magnified_samples(faces_path, out_path, int(size), tmp,
+                               n_samples=int(cfg.get("figure_samples", 4)), seed=seed,
+                               magnifiers=magnifiers, device=device)
+    log.info("%d samples: latents at α = %g (%s) and %s written to %s on %s",
+             summary["n_samples"], params["latent_alpha"], params["latent_kind"],
+             ", ".join(f"{k} α ∈ {v}" for k, v in params["frames"].items()), out_path, device)
+    return summary

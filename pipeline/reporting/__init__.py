@@ -1,0 +1,2 @@
+"""The ``report`` stage: published numbers (``published``), comparison tables (``report``) and
+figures rendered with matplotlib's Agg backend (``plots``)."""

@@ -1,0 +1,289 @@
+"""The comparison of every method with the published numbers beside ours.
+
+:func:`write_report` reads ``metrics/<method>.json`` of every method (and its predictions and
+training curves under ``metrics/<method>/``), and writes:
+
+* ``reports/report.md`` and ``reports/report.html`` — one table for CD6ME AU detection (F1 mean,
+  per-database mean and per-AU F1, "ours / paper") and one for LOSO emotion recognition
+  (accuracy, UF1, UAR per database and class count, ours and the paper's), the data label of
+  every row, the sources of the published numbers, and the figures;
+* ``reports/figures/*.png`` — per-AU F1 bars, confusion matrices, training curves
+  (:mod:`pipeline.reporting.plots`, Agg backend, offline);
+* ``reports/au_f1.csv`` (``au`` + one column per AU method) and ``reports/emotion.csv`` (one row
+  per method and task), for ``dvc plots``;
+* ``metrics/summary.json`` — the headline numbers, for ``dvc metrics show|diff``.
+
+Every table and figure title says "STAND-IN DATA" when any shown result comes from the stand-in
+benchmark (the ``data`` field of the metrics files): stand-in scores say nothing about the real
+databases and are never presented as comparable with the papers'.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.io import atomic_path, read_json, write_json
+from pipeline.reporting.plots import data_tag, plot_au_f1, plot_confusions, plot_curves
+from pipeline.reporting.published import Published, published_for
+from pipeline.training.protocols import CD6ME_AUS, EMOTION_TASKS
+
+log = logging.getLogger("report")
+
+__all__ = ["ReportError", "au_table", "emotion_table", "load_metrics", "write_report"]
+
+EMOTION_KEYS = ("accuracy", "uf1", "uar")
+
+
+class ReportError(ValueError):
+    """A metrics file is missing or not in the format of ARCHITECTURE.md."""
+
+
+def load_metrics(metrics_dir: str | os.PathLike, methods: Sequence[str]) -> dict[str, dict]:
+    """Read ``metrics/<method>.json`` of every method.
+
+    Raises
+    ------
+    ReportError
+        Naming the file, if one is missing or lacks the fields of its task.
+    """
+    out = {}
+    for m in methods:
+        path = Path(metrics_dir) / f"{m}.json"
+        if not path.is_file():
+            raise ReportError(f"{path}: metrics of method {m!r} not found (run `dvc repro train@{m}`)")
+        data = read_json(path)
+        task = data.get("task")
+        need = {"au": ("f1_mean", "f1_per_au", "f1_database_mean", "data"),
+                "emotion": ("results", "data")}.get(task)
+        if need is None:
+            raise ReportError(f"{path}: 'task' must be 'au' or 'emotion', got {task!r}")
+        absent = [k for k in need if k not in data]
+        if absent:
+            raise ReportError(f"{path}: missing fields {absent} for task {task!r}")
+        out[m] = data
+    return out
+
+
+def _fmt(v: Any) -> str:
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "–"
+    return f"{float(v):.3f}"
+
+
+def au_table(metrics: Mapping[str, dict], published: Mapping[str, Published | None]) -> pd.DataFrame:
+    """One row per CD6ME method: ours and the paper's F1 (fractions; NaN where not published).
+
+    Returns
+    -------
+    DataFrame
+        Columns ``method, data, f1_mean, paper_f1_mean, f1_database_mean, n_samples, source`` and,
+        per AU, ``<AU>`` and ``paper_<AU>``.
+    """
+    rows = []
+    for m, d in metrics.items():
+        if d["task"] != "au":
+            continue
+        pub = published.get(m)
+        row = {"method": m, "data": d["data"], "f1_mean": d["f1_mean"],
+               "paper_f1_mean": pub.f1_mean if pub and pub.f1_mean is not None else np.nan,
+               "f1_database_mean": d["f1_database_mean"], "n_samples": d.get("n_samples"),
+               "source": pub.source if pub else ""}
+        for au in CD6ME_AUS:
+            row[au] = d["f1_per_au"].get(au, np.nan)
+            row[f"paper_{au}"] = pub.f1_per_au.get(au, np.nan) if pub else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def emotion_table(metrics: Mapping[str, dict],
+                  published: Mapping[str, Published | None]) -> pd.DataFrame:
+    """One row per emotion method and result key (``casme2-5``, ``composite-3/samm``, …).
+
+    Returns
+    -------
+    DataFrame
+        Columns ``method, data, result, database, classes, n_samples, accuracy, uf1, uar,
+        paper_accuracy, paper_uf1, paper_uar, source``.
+    """
+    rows = []
+    for m, d in metrics.items():
+        if d["task"] != "emotion":
+            continue
+        pub = published.get(m)
+        for key, r in d["results"].items():
+            base, _, sub = key.partition("/")
+            task = EMOTION_TASKS.get(base)
+            classes = task.n_classes if task else int(base.rsplit("-", 1)[-1])
+            db = (f"{base.rsplit('-', 1)[0]} → {sub}" if sub else base.rsplit("-", 1)[0])
+            paper = pub.results.get(key, {}) if pub else {}
+            rows.append({
+                "method": m, "data": d["data"], "result": key, "database": db, "classes": classes,
+                "n_samples": r.get("n_samples"),
+                **{k: r.get(k, np.nan) for k in EMOTION_KEYS},
+                **{f"paper_{k}": paper.get(k, np.nan) for k in EMOTION_KEYS},
+                "source": pub.source if pub and paper else ""})
+    return pd.DataFrame(rows)
+
+
+def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _au_cells(au: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    header = ["method", "data", "F1 mean (ours / paper)", "per-database mean", "n",
+              *[f"{a}" for a in CD6ME_AUS]]
+    rows = []
+    for _, r in au.iterrows():
+        rows.append([r["method"], r["data"], f"{_fmt(r['f1_mean'])} / {_fmt(r['paper_f1_mean'])}",
+                     _fmt(r["f1_database_mean"]), str(r["n_samples"]),
+                     *[f"{_fmt(r[a])} / {_fmt(r[f'paper_{a}'])}" for a in CD6ME_AUS]])
+    return header, rows
+
+
+def _emo_cells(emo: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    header = ["method", "data", "database", "classes", "n", "Acc (ours / paper)",
+              "UF1 (ours / paper)", "UAR (ours / paper)"]
+    rows = []
+    for _, r in emo.iterrows():
+        rows.append([r["method"], r["data"], r["database"], str(r["classes"]), str(r["n_samples"]),
+                     *[f"{_fmt(r[k])} / {_fmt(r[f'paper_{k}'])}" for k in EMOTION_KEYS]])
+    return header, rows
+
+
+def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
+                   for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _sources(published: Mapping[str, Published | None]) -> list[str]:
+    return [f"{m}: {p.name} — {p.source}" + (f" ({p.note})" if p.note else "")
+            for m, p in published.items() if p is not None]
+
+
+def write_report(metrics_dir: str | os.PathLike, methods: Sequence[str],
+                 published_keys: Mapping[str, str | None], reports_dir: str | os.PathLike,
+                 summary_path: str | os.PathLike) -> dict[str, Any]:
+    """Write the report (module docstring) and return the summary written to ``summary_path``.
+
+    Parameters
+    ----------
+    metrics_dir : path
+        ``metrics/``.
+    methods : sequence of str
+        Method names, in table order.
+    published_keys : mapping method → key of :data:`pipeline.reporting.published.PUBLISHED`
+        (None: nothing published for that method).
+    reports_dir : path
+        ``reports/`` (figures go to ``reports/figures/``).
+    summary_path : path
+        ``metrics/summary.json``.
+
+    Raises
+    ------
+    ReportError
+        If a metrics file is missing or malformed.
+    """
+    reports_dir = Path(reports_dir)
+    figures = reports_dir / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    metrics = load_metrics(metrics_dir, methods)
+    published = {m: published_for(published_keys.get(m)) for m in methods}
+    labels = [d["data"] for d in metrics.values()]
+    tag = data_tag(labels)
+    au = au_table(metrics, published)
+    emo = emotion_table(metrics, published)
+    figure_files: list[str] = []
+
+    if len(au):
+        f1 = {r["method"]: {a: r[a] for a in CD6ME_AUS} for _, r in au.iterrows()}
+        pub_au = {m: p.f1_per_au for m, p in published.items() if p and p.task == "au"}
+        plot_au_f1(f1, CD6ME_AUS, pub_au, data_tag(au["data"].tolist()), figures / "au_f1.png")
+        figure_files.append("au_f1.png")
+        wide = pd.DataFrame({"au": list(CD6ME_AUS)})
+        for m, vals in f1.items():
+            wide[m] = [round(float(vals[a]), 6) for a in CD6ME_AUS]
+        with atomic_path(reports_dir / "au_f1.csv", suffix=".csv") as tmp:
+            wide.to_csv(tmp, index=False)
+    with atomic_path(reports_dir / "emotion.csv", suffix=".csv") as tmp:
+        (emo if len(emo) else pd.DataFrame(columns=["method", "result"])).to_csv(
+            tmp, index=False, float_format="%.6f")
+
+    for m, d in metrics.items():
+        mdir = Path(metrics_dir) / m
+        own_tag = data_tag([d["data"]])
+        if d["task"] == "emotion" and (mdir / "predictions.csv").is_file():
+            preds = pd.read_csv(mdir / "predictions.csv", dtype=str, keep_default_na=False)
+            classes = {k: t.classes for k, t in EMOTION_TASKS.items()}
+            plot_confusions(preds, classes, m, own_tag, figures / f"confusion_{m}.png")
+            figure_files.append(f"confusion_{m}.png")
+        curves_file = mdir / "curves.csv"
+        if curves_file.is_file():
+            curves = pd.read_csv(curves_file)
+            if len(curves):
+                plot_curves(curves, m, own_tag, figures / f"curves_{m}.png")
+                figure_files.append(f"curves_{m}.png")
+
+    au_title = f"CD6ME micro-AU detection, binary F1 pooled over folds — {data_tag(au['data'].tolist()) if len(au) else tag}"
+    emo_title = f"LOSO emotion recognition — {data_tag(emo['data'].tolist()) if len(emo) else tag}"
+    md = [f"# Micro-expression methods compared with the published numbers — {tag}", "",
+          "Values are fractions in [0, 1]; “ours / paper”, – where the paper gives no number. "
+          "Published numbers were obtained on the real databases."]
+    if any(lab.startswith("standin") for lab in labels):
+        md += ["", "**These results come from the stand-in benchmark (simulated micro-expressions "
+               "on real faces). They exercise the pipeline and say nothing about accuracy on the "
+               "real databases; they are not comparable with the published numbers.**"]
+    parts_html = []
+    if len(au):
+        header, rows = _au_cells(au)
+        md += ["", f"## {au_title}", "", _markdown_table(header, rows)]
+        parts_html.append(f"<h2>{html.escape(au_title)}</h2>{_html_table(header, rows)}")
+    if len(emo):
+        header, rows = _emo_cells(emo)
+        md += ["", f"## {emo_title}", "", _markdown_table(header, rows)]
+        parts_html.append(f"<h2>{html.escape(emo_title)}</h2>{_html_table(header, rows)}")
+    sources = _sources(published)
+    if sources:
+        md += ["", "## Sources of the published numbers", ""] + [f"- {s}" for s in sources]
+    md += ["", "## Figures", ""] + [f"![{f}](figures/{f})" for f in figure_files]
+    with atomic_path(reports_dir / "report.md", suffix=".md") as tmp:
+        tmp.write_text("\n".join(md) + "\n", encoding="utf-8")
+    page = (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>"
+        f"<title>{html.escape(tag)}</title><style>body{{font-family:sans-serif}}"
+        "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #bbb;"
+        "padding:2px 6px}</style></head><body>"
+        f"<h1>Methods compared with the published numbers — {html.escape(tag)}</h1>"
+        + "".join(parts_html)
+        + ("<h2>Sources</h2><ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in sources)
+           + "</ul>" if sources else "")
+        + "".join(f"<p><img src='figures/{f}' style='max-width:100%'></p>" for f in figure_files)
+        + "</body></html>")
+    with atomic_path(reports_dir / "report.html", suffix=".html") as tmp:
+        tmp.write_text(page, encoding="utf-8")
+
+    summary: dict[str, Any] = {"data": sorted(set(labels)), "au": {}, "emotion": {}}
+    for _, r in au.iterrows():
+        summary["au"][r["method"]] = {"f1_mean": r["f1_mean"],
+                                      "f1_database_mean": r["f1_database_mean"],
+                                      "paper_f1_mean": r["paper_f1_mean"]}
+    for _, r in emo.iterrows():
+        entry = {k: r[k] for k in EMOTION_KEYS}
+        entry.update({f"paper_{k}": r[f"paper_{k}"] for k in EMOTION_KEYS
+                      if np.isfinite(r[f"paper_{k}"])})
+        summary["emotion"].setdefault(r["method"], {})[r["result"]] = entry
+    write_json(summary_path, summary)
+    log.info("report: %d AU and %d emotion methods, %d figures (%s)", len(au),
+             emo["method"].nunique() if len(emo) else 0, len(figure_files), tag)
+    return summary

@@ -1,0 +1,536 @@
+"""InfuseNet and the networks of its Tables 1–3 as methods of the shared trainer.
+
+Khor, Li, Jiang, Zhao, "Infused Suppression Of Magnification Artefacts For Micro-AU Detection",
+SCIA 2025 (METHODS.md, "InfuseNet"); the networks are :mod:`pipeline.models.infusenet`.
+
+Method family ``infusenet`` (``family: infusenet`` in ``methods.<name>`` of ``params.yaml``), one
+section per row of the paper's tables, selected by ``variant`` (default: the method name), a key of
+:data:`pipeline.models.infusenet.VARIANTS`:
+
+=========================  ==========================================  =====================
+variant                    network                                      table row
+=========================  ==========================================  =====================
+``resnet18_flow``          ResNet18 on the flow image (FrameFlow)       T1 "ResNet18 OF"
+``resnet18_mag``           ResNet18 on the magnified latent (FrameMag)  T1 "ResNet18 Mag"
+``late_fusion``            FrameFlow ‖ FrameMag pooled features         T1 "Late-fusion"
+``infusenet``              InfuseNet(Res18), latent FrameMag            T1, T2, T3 (latent)
+``infusenet_image``        InfuseNet(Res18), decoded magnified image    T3 "Decoded image"
+``vit_tiny_flow``          ViT-Tiny on the flow image                   T1 "ViT-Tiny OF"
+``vit_tiny_mag``           ViT-Tiny on the magnified latent             T1 "ViT-Tiny Mag"
+``vit_tiny_late_fusion``   ViT-Tiny late fusion                         (not published)
+``infusenet_vit``          InfuseNet(ViT-Tiny)                          T1
+=========================  ==========================================  =====================
+
+(The pipeline's ``resnet18_flow`` stage is the ``resnet_flow`` baseline, the same network as the
+``resnet18_flow`` variant here; the table reuses it rather than training it twice.)
+
+Inputs, read from the feature caches (docs/internals.md), every one at the model side
+S = ``input_size`` (paper 224):
+
+* ``flow`` — ``flow.h5`` ``onset_apex`` (``flow_pair``): the optical-flow image I_OF = (u, v, ε)
+  (Eq. 3–5), resized and normalised by the shared trainer (``train.flow_norm``), (3, S, S);
+* the magnified latent — ``magnified.h5`` ``latent/onset_apex`` and ``latent/onset_pseudo``,
+  each (32, S_c/2, S_c/2) float16 at the cache's crop side S_c = ``flow.size``, resized to S/2 by
+  area averaging (bilinear when enlarging; :func:`resize_latent`) and concatenated in that order,
+  Mag(onset, apex) ‖ Mag(onset, pseudo-apex) (Eq. 2): (64, S/2, S/2), FrameMag's conv1 output.
+  The magnification factor α is the cache's (``magnify.latent_alpha``, paper 10), the
+  pseudo-apex offset (Sec. 3.1: k ∈ [0, 5] frames, fixed seed) the cache's
+  ``pseudo_apex_offset`` (``magnify.pseudo_apex``).  Resizing the latent map stands in for
+  computing it on a smaller crop when S ≠ S_c (the quick configuration); with S = S_c (paper:
+  224 px crops and flow) it is the identity;
+* ``image`` (``infusenet_image``, Table 3) — ``magnified.h5``
+  ``frames/<image_magnifier>/alpha<image_alpha>/apex``: the decoded magnified apex (Oh et al.,
+  α 10 by default), uint8 → [0, 1], (3, S, S).
+
+Settings (besides the shared trainer's, :mod:`pipeline.training.trainer`): ``input_size``,
+``pretrained`` (false | true: ImageNet through torchvision/timm, a download | the path of a local
+state-dict file, loaded into every stream), ``norm_scope`` (infusion normalisation:
+``tensor`` (ref. code) | ``sample`` | ``channel``), ``model`` (any other field of
+:class:`~pipeline.models.infusenet.InfuseNetConfig`, e.g. ``latent_bn``,
+``vit_infusion_blocks``), ``aux_flow_loss`` (weight of an extra BCE on FrameFlow's logits through
+InfuseNet's shared head, :meth:`~pipeline.models.infusenet.InfuseNet.forward_both`; default 0,
+the paper's loss is on InfuseNet's output only), ``augment.hflip`` (left–right mirror with
+u → −u; only for variants without a latent input: mirroring a latent map is not the latent of
+the mirrored face, the encoder's filters are not symmetric; the paper uses no augmentation).
+
+The loss is the shared trainer's multi-label BCE over the 12 CD6ME AUs (the paper's "cross-entropy"
+on a multi-label output); Adam 1e-3 with ExponentialLR γ 0.9 for 50 epochs in the paper
+configuration (Sec. 4.2).
+
+The module also renders InfuseNet's Fig. 5 from the trained checkpoints
+(:func:`render_gradcam_figure`, stage ``gradcam``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.models.infusenet import VARIANTS, InfuseNet, InfuseNetConfig, build_infusenet_variant
+from pipeline.training.data import InputSpec
+from pipeline.training.protocols import CD6ME_AUS
+from pipeline.training.registry import (
+    FoldContext,
+    MethodError,
+    MethodSpec,
+    default_logits,
+    default_loss,
+    register,
+)
+from pipeline.training.trainer import flow_hflip
+
+log = logging.getLogger("train")
+
+__all__ = [
+    "LATENT_DATASETS",
+    "GradcamColumn",
+    "alpha_tag",
+    "build_fold_model",
+    "gradcam_columns",
+    "render_gradcam_figure",
+    "resize_latent",
+    "select_gradcam_samples",
+]
+
+#: The two latent datasets of ``magnified.h5``, concatenated in this order (channels 0–31, 32–63).
+LATENT_DATASETS: tuple[str, str] = ("latent/onset_apex", "latent/onset_pseudo")
+_LATENT_KEYS: tuple[str, str] = ("latent_apex", "latent_pseudo")
+
+
+def alpha_tag(alpha: float) -> str:
+    """The ``alpha{a}`` group name of ``magnified.h5`` for factor α (docs/internals.md).
+
+    ``{a}`` is the integer when α is whole (``alpha10``), else Python's float text
+    (``alpha7.5``).
+    """
+    a = float(alpha)
+    return f"alpha{int(a)}" if a.is_integer() else f"alpha{a}"
+
+
+def resize_latent(latent: np.ndarray, side: int) -> np.ndarray:
+    """Resize one magnified latent map to ``side`` × ``side``.
+
+    Parameters
+    ----------
+    latent : ndarray of shape (C, h, w), float16 or float32
+        A ``magnified.h5`` latent (C = 32, h = w = S_c/2 for crop side S_c), in the magnifier's
+        feature units.
+    side : int
+        Output side in latent pixels (S/2 for model input side S).
+
+    Returns
+    -------
+    ndarray of shape (C, side, side), float32
+        Area average when shrinking (``adaptive_avg_pool2d``), bilinear (half-pixel centres)
+        when enlarging, a copy when the side already matches.
+
+    Raises
+    ------
+    ValueError
+        If ``latent`` is not 3-D, not finite, or ``side`` < 1.
+    """
+    arr = np.asarray(latent, dtype=np.float32)
+    if arr.ndim != 3:
+        raise ValueError(f"latent must be (C, h, w), got shape {arr.shape}")
+    if side < 1:
+        raise ValueError(f"latent side must be >= 1, got {side}")
+    if not np.isfinite(arr).all():
+        raise ValueError("latent holds non-finite values")
+    if arr.shape[1:] == (side, side):
+        return arr.copy()
+    x = torch.from_numpy(arr)[None]
+    if side <= min(arr.shape[1:]):
+        out = F.adaptive_avg_pool2d(x, side)
+    else:
+        out = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
+    return np.ascontiguousarray(out[0].numpy())
+
+
+def _config(name: str, params: Mapping[str, Any], size: int) -> InfuseNetConfig:
+    model = dict(params.get("model") or {})
+    model["image_size"] = size
+    for key in ("pretrained", "norm_scope"):
+        if key in params:
+            model[key] = params[key]
+    if isinstance(model.get("pretrained"), str) and model["pretrained"].lower() in ("", "none"):
+        model["pretrained"] = False
+    try:
+        return InfuseNetConfig.from_mapping(model)
+    except (TypeError, ValueError) as exc:
+        raise MethodError(f"methods.{name}: {exc}") from exc
+
+
+def _inputs(name: str, variant: str, params: Mapping[str, Any],
+            size: int) -> tuple[tuple[InputSpec, ...], tuple[str, ...]]:
+    """The trainer inputs of a variant and the model's argument kinds (``flow``/``latent``/…)."""
+    family, arch, kind = VARIANTS[variant]
+    kinds = (kind,) if arch == "single" else ("flow", kind)
+    specs: list[InputSpec] = []
+    for k in kinds:
+        if k == "flow":
+            specs.append(InputSpec("flow", "flow", str(params.get("flow_pair", "onset_apex")),
+                                   "flow", size))
+        elif k == "latent":
+            prep = functools.partial(resize_latent, side=size // 2)
+            specs += [InputSpec(key, "magnified", ds, "array", size // 2, prep)
+                      for key, ds in zip(_LATENT_KEYS, LATENT_DATASETS, strict=True)]
+        else:
+            magnifier = str(params.get("image_magnifier", "oh"))
+            if magnifier not in ("oh", "stmemm"):
+                raise MethodError(f"methods.{name}.image_magnifier must be oh or stmemm, "
+                                  f"got {magnifier!r}")
+            ds = f"frames/{magnifier}/{alpha_tag(params.get('image_alpha', 10))}/apex"
+            specs.append(InputSpec("image", "magnified", ds, "image", size))
+    return tuple(specs), kinds
+
+
+def _model_args(kinds: Sequence[str], batch: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
+    args = []
+    for k in kinds:
+        if k == "latent":  # Eq. 2: Mag(onset, apex) ‖ Mag(onset, pseudo-apex), channel-wise
+            args.append(torch.cat([batch[_LATENT_KEYS[0]], batch[_LATENT_KEYS[1]]], dim=1))
+        else:
+            args.append(batch[k])
+    return args
+
+
+@register("infusenet")
+def _infusenet(name: str, params: dict[str, Any]) -> MethodSpec:
+    """The spec of one InfuseNet table variant (module docstring)."""
+    variant = str(params.get("variant", name))
+    if variant not in VARIANTS:
+        raise MethodError(f"methods.{name}.variant must be one of {sorted(VARIANTS)}, "
+                          f"got {variant!r}")
+    task = str(params.get("task", "au"))
+    protocol = str(params.get("protocol", "cd6me"))
+    size = int(params.get("input_size", 224))
+    cfg = _config(name, params, size)
+    inputs, kinds = _inputs(name, variant, params, size)
+    family, arch, _ = VARIANTS[variant]
+    # validate sizes and settings now (a bad section fails before any data is read)
+    if size < 16 or size % (16 if family == "vit" else 2):
+        raise MethodError(f"methods.{name}.input_size must be even (ViT: a multiple of 16) and "
+                          f">= 16 px, got {size}")
+
+    aux = float(params.get("aux_flow_loss", 0.0) or 0.0)
+    if aux < 0:
+        raise MethodError(f"methods.{name}.aux_flow_loss must be >= 0, got {aux}")
+    if aux and arch != "infuse":
+        raise MethodError(f"methods.{name}.aux_flow_loss applies to InfuseNet variants only "
+                          f"(FrameFlow logits through the shared head), not {variant!r}")
+    hflip = float((params.get("augment") or {}).get("hflip", 0.0) or 0.0)
+    if hflip > 0 and "latent" in kinds:
+        raise MethodError(
+            f"methods.{name}.augment.hflip: variant {variant!r} reads the magnified latent; "
+            "mirroring a latent map is not the latent of the mirrored face (set hflip: 0)")
+
+    def build(ctx: FoldContext) -> nn.Module:
+        return build_infusenet_variant(variant, dataclasses.replace(cfg, num_classes=ctx.n_outputs))
+
+    def forward(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> Any:
+        args = _model_args(kinds, batch)
+        if aux and model.training and isinstance(model, InfuseNet):
+            return model.forward_both(*args)
+        return model(*args)
+
+    build_loss = None
+    if aux:
+        def build_loss(ctx: FoldContext):
+            main = default_loss(ctx, default_logits)
+            flow = default_loss(ctx, lambda out: out[1])
+
+            def loss(outputs: Any, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+                if isinstance(outputs, tuple):  # training: (InfuseNet logits, FrameFlow logits)
+                    return main(outputs, batch) + aux * flow(outputs, batch)
+                return main(outputs, batch)
+
+            return loss
+
+    transform = None
+    if hflip > 0:
+        def transform(batch: dict[str, torch.Tensor], gen: torch.Generator) -> dict:
+            return flow_hflip(batch, gen, hflip, flow_keys=("flow",), image_keys=("image",))
+
+    return MethodSpec(task=task, protocol=protocol, inputs=inputs, build_model=build,
+                      build_loss=build_loss, forward=forward, train_transform=transform)
+
+
+# --------------------------------------------------------------------------------------------
+# Grad-CAM figure (Sec. 4.5, Fig. 5) from the trained checkpoints
+# --------------------------------------------------------------------------------------------
+
+
+class _SpecModule(nn.Module):
+    """A trained method's model called with its inputs positionally, in ``spec.inputs`` order.
+
+    ``forward(*tensors)`` builds the trainer's batch dict and runs the method's own forward, so
+    Grad-CAM (:func:`pipeline.models.gradcam.gradcam_maps`) sees a plain multi-input model whose
+    layers are ``model.<name>``.
+    """
+
+    def __init__(self, spec: MethodSpec, model: nn.Module) -> None:
+        super().__init__()
+        self.spec = spec
+        self.model = model
+        self.keys = tuple(i.key for i in spec.inputs)
+        self.image_size = getattr(model, "image_size", None)
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        batch = dict(zip(self.keys, tensors, strict=True))
+        if self.spec.forward is not None:
+            out = self.spec.forward(self.model, batch)
+        else:
+            out = self.model(*tensors)
+        return (self.spec.logits or default_logits)(out)
+
+
+def build_fold_model(method: str, params: Mapping[str, Any], fold: str,
+                     models_dir: str | os.PathLike,
+                     device: torch.device | str = "cpu") -> tuple[MethodSpec, nn.Module]:
+    """Rebuild a trained CD6ME method's network for one fold and load its checkpoint.
+
+    Parameters
+    ----------
+    method : str
+        Method name (``methods.<method>`` of ``params.yaml``, stage ``train@<method>``).
+    params : mapping
+        The method's resolved section merged over ``train:``
+        (:func:`pipeline.training.run.method_params`).
+    fold : str
+        Fold name (the held-out database, e.g. ``casme2``).
+    models_dir : path
+        ``models/`` (the checkpoint is ``models/<method>/<fold>.pt``).
+    device : torch.device or str
+
+    Returns
+    -------
+    (MethodSpec, nn.Module)
+        The spec and a :class:`_SpecModule` wrapping the network, in eval mode; called with the
+        spec's inputs positionally it returns (B, 12) AU logits.
+
+    Raises
+    ------
+    MethodError
+        If the method is not a trained AU method.
+    FileNotFoundError
+        If the checkpoint is missing (naming it and the stage that writes it).
+    ValueError
+        If the checkpoint belongs to another method or fold, or does not fit the network.
+    """
+    from pipeline.training.registry import build_method
+
+    spec = build_method(method, params)
+    if spec.build_model is None or spec.task != "au":
+        raise MethodError(f"{method}: Grad-CAM needs a trained AU detection method")
+    path = Path(models_dir) / method / f"{fold}.pt"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: checkpoint of method {method!r}, fold {fold!r} not found (run `dvc repro "
+            f"train@{method}` with save_checkpoints: true)")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt:
+        raise ValueError(f"{path}: expected a dict with 'state_dict' (trainer checkpoint)")
+    if ckpt.get("method", method) != method or ckpt.get("fold", fold) != fold:
+        raise ValueError(f"{path}: checkpoint of {ckpt.get('method')!r}/{ckpt.get('fold')!r}, "
+                         f"expected {method!r}/{fold!r}")
+    from pipeline.training.protocols import Fold
+
+    ctx = FoldContext(method=method, task="au", fold=Fold(fold, fold, "au", np.zeros(0, int),
+                                                          np.zeros(0, int)),
+                      n_outputs=len(CD6ME_AUS), class_names=tuple(CD6ME_AUS),
+                      train_targets=np.zeros((0, len(CD6ME_AUS))), train_subjects=(),
+                      seed=int(ckpt.get("seed", 0)), params=dict(params),
+                      device=torch.device(device))
+    net = spec.build_model(ctx)
+    try:
+        net.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: weights do not fit methods.{method} as configured now "
+                         f"({exc})") from exc
+    return spec, _SpecModule(spec, net).to(device).eval()
+
+
+class GradcamColumn:
+    """One column of the Grad-CAM figure: a title, a trained method and its target layer.
+
+    Parameters
+    ----------
+    title : str
+        Column title (``FrameFlow``, ``FrameMag``, ``InfuseNet``).
+    method : str
+        Method name whose ``models/<method>/<fold>.pt`` is explained.
+    layer : str
+        Dotted layer name inside the network (``layer4`` of a torchvision ResNet,
+        ``backbone.layer4`` of a single stream, ``infusion.3`` = InfuseNet's infused FrameMag
+        ``layer4``).
+    """
+
+    def __init__(self, title: str, method: str, layer: str) -> None:
+        self.title, self.method, self.layer = str(title), str(method), str(layer)
+
+    def __repr__(self) -> str:
+        return f"GradcamColumn({self.title!r}, {self.method!r}, {self.layer!r})"
+
+
+def gradcam_columns(networks: Mapping[str, Mapping[str, Any]]) -> list[GradcamColumn]:
+    """Columns from the ``gradcam.networks`` mapping (title → ``{method, layer}``).
+
+    Raises
+    ------
+    ValueError
+        If the mapping is empty or an entry lacks ``method`` or ``layer``.
+    """
+    if not networks:
+        raise ValueError("gradcam.networks must name at least one network")
+    cols = []
+    for title, entry in networks.items():
+        if not isinstance(entry, Mapping) or not entry.get("method") or not entry.get("layer"):
+            raise ValueError(f"gradcam.networks.{title} needs 'method' and 'layer', got {entry!r}")
+        cols.append(GradcamColumn(title, entry["method"], entry["layer"]))
+    return cols
+
+
+def select_gradcam_samples(table, fold: str, au: str, n: int) -> list[int]:
+    """Rows of the test samples shown: the fold's samples with ``au`` present, by sample id.
+
+    Parameters
+    ----------
+    table : DataFrame
+        The CD6ME table (:func:`pipeline.training.protocols.cd6me_table`).
+    fold : str
+        Held-out database of the fold.
+    au : str
+        One of :data:`CD6ME_AUS`.
+    n : int
+        Number of samples wanted; when the fold has fewer with ``au``, the rest are samples
+        without it (labelled so in the figure).
+
+    Returns
+    -------
+    list of int
+        Row positions into ``table``, AU-positive first, each group in sample-id order.
+
+    Raises
+    ------
+    ValueError
+        Unknown AU, a fold without samples, or ``n`` < 1.
+    """
+    if au not in CD6ME_AUS:
+        raise ValueError(f"gradcam.au must be one of {list(CD6ME_AUS)}, got {au!r}")
+    if n < 1:
+        raise ValueError(f"gradcam.n_samples must be >= 1, got {n}")
+    test = table.index[table["database"] == fold]
+    if not len(test):
+        raise ValueError(f"gradcam.fold {fold!r}: no CD6ME test sample; databases: "
+                         f"{sorted(set(table['database']))}")
+    order = table.loc[test].sort_values("sample_id")
+    pos = [int(i) for i in order.index[order[au] == 1]]
+    neg = [int(i) for i in order.index[order[au] == 0]]
+    if len(pos) < n:
+        log.warning("gradcam: fold %s has %d test samples with %s; %d without it are shown too",
+                    fold, len(pos), au, min(n - len(pos), len(neg)))
+    return (pos + neg)[:n]
+
+
+def render_gradcam_figure(columns: Sequence[GradcamColumn], params: Mapping[str, Any],
+                          samples, features_dir: str | os.PathLike,
+                          models_dir: str | os.PathLike, out_path: str | os.PathLike, *,
+                          au: str, fold: str, n_samples: int = 4,
+                          data_label: str = "", device: str = "cpu") -> dict[str, Any]:
+    """Grad-CAM of one AU logit for a few test samples of one fold, one column per network.
+
+    InfuseNet Sec. 4.5, Fig. 5: FrameFlow, FrameMag and InfuseNet side by side; the maps are
+    those of :func:`pipeline.models.gradcam.gradcam_maps` (grad-cam library), drawn over the
+    apex crop (``faces.h5`` ``crop{S}/apex``, S the flow cache's side) with
+    :func:`pipeline.models.gradcam.save_gradcam_figure`.  Every network is the checkpoint of
+    the same fold, so every sample shown is a test sample for all of them.
+
+    Parameters
+    ----------
+    columns : sequence of GradcamColumn
+    params : mapping
+        The whole ``params.yaml`` (each method's section is resolved for the ``config`` switch).
+    samples : DataFrame
+        ``samples.csv``.
+    features_dir, models_dir : path
+        ``data/features`` and ``models``.
+    out_path : path
+        The PNG.
+    au : str
+        The AU whose logit is explained (e.g. ``AU1``).
+    fold : str
+        The fold (held-out database).
+    n_samples : int
+        Rows of the figure.
+    data_label : str
+        ``standin-quick`` etc.; a stand-in label puts "STAND-IN DATA" in the title.
+    device : str
+
+    Returns
+    -------
+    dict
+        ``{"au", "fold", "samples": [...], "probabilities": {title: [...]}}``: what is drawn.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError, MethodError, pipeline.features.cache.CacheError
+        A missing checkpoint or cache, a layer the network lacks, a bad AU or fold.
+    """
+    from pipeline.features.cache import FeatureCache
+    from pipeline.models.gradcam import gradcam_maps, save_gradcam_figure
+    from pipeline.training.data import FeatureStore
+    from pipeline.training.protocols import cd6me_table
+    from pipeline.training.run import method_params
+
+    table = cd6me_table(samples)
+    rows = select_gradcam_samples(table, fold, au, n_samples)
+    ids = table.loc[rows, "sample_id"].tolist()
+    au_index = list(CD6ME_AUS).index(au)
+    flow_cache = FeatureCache(Path(features_dir) / "flow.h5", "flow")
+    side = int(flow_cache.datasets["onset_apex"][0][1])
+    faces = FeatureCache(Path(features_dir) / "faces.h5", "faces")
+    apex_ds = f"crop{side}/apex"
+    absent = [s for s in ids if s not in faces]
+    if absent:
+        raise ValueError(f"{faces.path}: samples {absent} absent (their apex crops are drawn)")
+    backgrounds = faces.read(apex_ds, [faces.index_of(s) for s in ids])
+    maps: dict[str, np.ndarray] = {}
+    probs: dict[str, list[float]] = {}
+    for col in columns:
+        mparams = method_params(params, col.method)
+        spec, model = build_fold_model(col.method, mparams, fold, models_dir, device)
+        store = FeatureStore(spec.inputs, ids, features_dir, preload=True,
+                             flow_norm=str(mparams.get("flow_norm", "sample")),
+                             flow_quantile=float(mparams.get("flow_quantile", 0.99)))
+        if store.missing:
+            raise ValueError(f"{col.method}: samples {store.missing} lack features; choose "
+                             "another gradcam.fold or AU")
+        items = [store.item(i) for i in range(len(ids))]
+        tensors = [torch.stack([it[k] for it in items]).to(device) for k in model.keys]
+        with torch.no_grad():
+            probs[col.title] = torch.sigmoid(model(*tensors)[:, au_index]).cpu().tolist()
+        maps[col.title] = gradcam_maps(model, tensors, au_index, f"model.{col.layer}",
+                                       output_size=side)
+        log.info("gradcam: %s (%s, %s) done", col.title, col.method, col.layer)
+    labels = []
+    for r, sid in enumerate(ids):
+        present = "present" if int(table.loc[rows[r], au]) else "absent"
+        p = " ".join(f"{t[:2]} {probs[t][r]:.2f}" for t in probs)
+        labels.append(f"{sid}\n{au} {present}\np: {p}")
+    standin = data_label.startswith("standin")
+    title = (f"Grad-CAM of the {au} logit, test samples of fold {fold}"
+             + (f" — STAND-IN DATA ({data_label})" if standin else
+                (f" — {data_label}" if data_label else "")))
+    save_gradcam_figure(out_path, backgrounds, maps, row_labels=labels, title=title)
+    log.info("gradcam: %s for %d samples of fold %s → %s", au, len(ids), fold, out_path)
+    return {"au": au, "fold": fold, "samples": ids, "probabilities": probs}

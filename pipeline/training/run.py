@@ -1,0 +1,411 @@
+"""Running a method under its protocol and writing its outputs (ARCHITECTURE.md, "Metrics files").
+
+:func:`run_method` takes the sample table, the method's resolved parameters and three output
+locations, runs every fold of the method's protocol with the shared trainer (or the constant
+predictor), and writes:
+
+* ``metrics/<method>.json`` — AU: ``{"task": "au", "protocol": "cd6me", "data", "f1_mean",
+  "f1_per_au", "f1_per_database", "f1_database_mean", "n_samples"[, "paper"]}``;
+  emotion: ``{"task": "emotion", "protocol": "loso", "data", "results": {"casme2-5": {"accuracy",
+  "uf1", "uar", "n_samples"}, …, "composite-3": {…}, "composite-3/casme2": {…}, …}}`` (the
+  composite is also reported per database, on its pooled predictions restricted to that database);
+* ``metrics/<method>/folds/<fold>.json`` — the same fields for that fold (plus ``fold``,
+  ``held_out``, ``n_train``, ``selected_epoch``, ``seed``);
+* ``metrics/<method>/predictions.csv`` — one row per test sample: AU: ``sample_id, database,
+  fold, true_AU1…, pred_AU1…, score_AU1…``; emotion: ``task, sample_id, database, fold, true,
+  pred, score_<class>…`` (a sample is in one row per task it belongs to; scores of classes outside
+  the task are empty);
+* ``metrics/<method>/curves.csv`` (every fold and epoch) and ``curves_mean.csv`` (mean over folds
+  per epoch, for ``dvc plots``); ``metrics/<method>/live/<fold>/`` dvclive folders;
+* ``metrics/<method>/missing_features.csv`` — samples of the protocol absent from a feature
+  cache: left out of training and given a fallback test prediction (AU: no AU present, score 0;
+  emotion: the training majority class), so every method is scored on the same samples;
+* ``models/<method>/<fold>.pt`` (trained weights, when ``save_checkpoints``) or
+  ``<fold>.json`` (a constant predictor's fitted state), and ``models/<method>/run.json``.
+
+Scores: AU probabilities (sigmoid) thresholded at ``threshold`` (0.5); emotion: class
+probabilities, prediction = argmax.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from pipeline.io import atomic_path, write_json
+from pipeline.training.data import FeatureStore
+from pipeline.training.metrics import au_fold_summary, cd6me_summary, emotion_metrics
+from pipeline.training.protocols import (
+    CD6ME_AUS,
+    EMOTION_TASKS,
+    Fold,
+    ProtocolError,
+    cd6me_folds,
+    cd6me_table,
+    emotion_table,
+    fold_seed,
+    inner_split,
+    loso_folds,
+    subject_identity,
+)
+from pipeline.training.registry import FoldContext, MethodSpec, build_method
+from pipeline.training.trainer import TrainSettings, checkpoint_path, fit_predict, resolve_device
+
+log = logging.getLogger("train")
+
+__all__ = ["RunPaths", "data_label", "method_params", "run_method"]
+
+EMOTION_METRIC_KEYS = ("accuracy", "uf1", "uar", "n_samples")
+
+
+class RunPaths:
+    """Output locations of one method run (usually temporary folders swapped in atomically).
+
+    Parameters
+    ----------
+    models_dir : path
+        ``models/<method>/``.
+    metrics_dir : path
+        ``metrics/<method>/``.
+    metrics_json : path
+        ``metrics/<method>.json``.
+    """
+
+    def __init__(self, models_dir: str | os.PathLike, metrics_dir: str | os.PathLike,
+                 metrics_json: str | os.PathLike):
+        self.models = Path(models_dir)
+        self.metrics = Path(metrics_dir)
+        self.json = Path(metrics_json)
+        self.folds = self.metrics / "folds"
+        for d in (self.models, self.metrics, self.folds):
+            d.mkdir(parents=True, exist_ok=True)
+
+
+def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def method_params(params: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """The resolved ``methods.<name>`` section merged over the shared ``train:`` section.
+
+    Both are resolved for the ``config`` switch first (:func:`pipeline.params.section`), so a
+    method's ``paper:`` block and ``train.paper`` both apply under ``config: paper``.
+
+    Raises
+    ------
+    pipeline.params.ParamsError
+        If ``methods.<name>`` does not exist.
+    """
+    from pipeline.params import section
+
+    shared = section("train", params) if "train" in params else {}
+    return _deep_merge(shared, section(f"methods.{name}", params))
+
+
+def data_label(params: Mapping[str, Any]) -> str:
+    """``"real"``, or ``"standin-<profile>"`` from ``data.source`` and ``standin.profile``."""
+    source = (params.get("data") or {}).get("source", "standin")
+    if source == "real":
+        return "real"
+    profile = (params.get("standin") or {}).get("profile", "quick")
+    return f"standin-{profile}"
+
+
+def _context(name: str, spec: MethodSpec, fold: Fold, n_outputs: int, names: Sequence[str],
+             train_targets: np.ndarray, train_subjects: Sequence[str], seed: int,
+             params: Mapping[str, Any], device: torch.device) -> FoldContext:
+    return FoldContext(method=name, task=spec.task, fold=fold, n_outputs=n_outputs,
+                       class_names=tuple(names), train_targets=train_targets,
+                       train_subjects=tuple(sorted(set(train_subjects))), seed=seed,
+                       params=dict(params), device=device)
+
+
+def _run_fold(name: str, spec: MethodSpec, settings: TrainSettings, params: Mapping[str, Any],
+              fold: Fold, store_pos: np.ndarray, table: pd.DataFrame, store: FeatureStore | None,
+              targets_store: np.ndarray, n_outputs: int, names: Sequence[str], seed: int,
+              device: torch.device, paths: RunPaths) -> dict[str, Any]:
+    """Train/fit on one fold and return test scores and decisions (rows in ``fold.test`` order)."""
+    fseed = fold_seed(seed, fold.name)
+    subjects = subject_identity(table)
+    train_rows = fold.train
+    if store is not None:
+        avail = store.available[store_pos[train_rows]]
+        train_rows = train_rows[avail]
+    validation_rows = None
+    if spec.constant is None and settings.selection == "inner_val":
+        train_rows, validation_rows = inner_split(train_rows, table, settings.val_share, fseed)
+    train_targets = targets_store[store_pos[train_rows]]
+    ctx = _context(name, spec, fold, n_outputs, names, train_targets, subjects[train_rows], fseed,
+                   params, device)
+    n_test = len(fold.test)
+    missing = np.zeros(n_test, dtype=bool)
+    info: dict[str, Any] = {"n_train": int(len(train_rows)), "seed": fseed}
+    if spec.constant is not None:
+        predictor = spec.constant().fit(ctx)
+        scores, decisions = predictor.predict(n_test, np.random.default_rng(fseed))
+        write_json(paths.models / f"{fold.name}.json", {"fold": fold.name, **predictor.state()})
+        info["selected_epoch"] = 0
+        return {"scores": scores, "decisions": decisions, "missing": missing, "curves": [], **info}
+
+    assert store is not None
+    test_avail = store.available[store_pos[fold.test]]
+    missing = ~test_avail
+    extras = {}
+    if spec.needs_subjects:
+        index = {s: i for i, s in enumerate(ctx.train_subjects)}
+        all_subjects = np.empty(len(targets_store), dtype=object)
+        all_subjects[store_pos] = subjects
+        extras["subject"] = np.array([index.get(s, -1) for s in all_subjects], dtype=np.int64)
+    outcome = fit_predict(
+        spec, ctx, store, store_pos[train_rows], store_pos[fold.test[test_avail]], targets_store,
+        settings,
+        validation=None if validation_rows is None else store_pos[validation_rows],
+        extras=extras, live_dir=paths.metrics / "live" / fold.name,
+        checkpoint=checkpoint_path(paths.models, fold.name) if settings.save_checkpoints else None)
+    scores = np.zeros((n_test, n_outputs))
+    scores[test_avail] = outcome.scores
+    if spec.task == "au":
+        decisions = (scores >= settings.threshold).astype(np.int64)
+        decisions[missing] = 0
+        scores[missing] = 0.0
+    else:
+        fallback = np.bincount(train_targets.astype(np.int64), minlength=n_outputs)
+        scores[missing] = fallback / max(1, fallback.sum())
+        decisions = scores.argmax(axis=1).astype(np.int64)
+    info["selected_epoch"] = outcome.selected_epoch
+    curves = [{"fold": fold.name, **row} for row in outcome.curves]
+    return {"scores": scores, "decisions": decisions, "missing": missing, "curves": curves, **info}
+
+
+def _store(spec: MethodSpec, sample_ids: Sequence[str], features_dir: str | os.PathLike,
+           settings: TrainSettings, params: Mapping[str, Any]) -> FeatureStore | None:
+    if spec.constant is not None:
+        return None
+    store = FeatureStore(spec.inputs, sample_ids, features_dir, preload=settings.preload,
+                         flow_norm=str(params.get("flow_norm", "sample")),
+                         flow_quantile=float(params.get("flow_quantile", 0.99)))
+    if store.missing:
+        log.warning("%d of %d samples lack features (first: %s); they are left out of training "
+                    "and get a fallback prediction, listed in missing_features.csv",
+                    len(store.missing), len(sample_ids), store.missing[0])
+    return store
+
+
+def _write_missing(paths: RunPaths, store: FeatureStore | None) -> None:
+    rows = [] if store is None else [{"sample_id": s, "reason": "absent from a feature cache"}
+                                     for s in store.missing]
+    with atomic_path(paths.metrics / "missing_features.csv", suffix=".csv") as tmp:
+        pd.DataFrame(rows, columns=["sample_id", "reason"]).to_csv(tmp, index=False)
+
+
+def _write_curves(paths: RunPaths, curves: list[dict[str, Any]]) -> None:
+    frame = pd.DataFrame(curves, columns=None if curves else ["fold", "epoch", "train_loss", "lr"])
+    with atomic_path(paths.metrics / "curves.csv", suffix=".csv") as tmp:
+        frame.to_csv(tmp, index=False)
+    numeric = [c for c in frame.columns if c not in ("fold", "task", "epoch")]
+    mean = (frame.groupby("epoch", as_index=False)[numeric].mean() if len(frame)
+            else pd.DataFrame(columns=["epoch", *numeric]))
+    with atomic_path(paths.metrics / "curves_mean.csv", suffix=".csv") as tmp:
+        mean.to_csv(tmp, index=False, float_format="%.6g")
+
+
+def _run_cd6me(name: str, spec: MethodSpec, settings: TrainSettings, params: Mapping[str, Any],
+               samples: pd.DataFrame, features_dir: str | os.PathLike, paths: RunPaths,
+               label: str, seed: int, device: torch.device) -> dict[str, Any]:
+    table = cd6me_table(samples)
+    aus = list(CD6ME_AUS)
+    targets = table[aus].to_numpy(np.float32)
+    folds = cd6me_folds(table)
+    store = _store(spec, table["sample_id"].tolist(), features_dir, settings, params)
+    positions = np.arange(len(table))
+    n = len(table)
+    scores = np.zeros((n, len(aus)))
+    decisions = np.zeros((n, len(aus)), dtype=np.int64)
+    fold_of = np.empty(n, dtype=object)
+    curves: list[dict[str, Any]] = []
+    for fold in tqdm(folds, desc=f"{name} folds", leave=False):
+        res = _run_fold(name, spec, settings, params, fold, positions, table, store, targets,
+                        len(aus), aus, seed, device, paths)
+        scores[fold.test] = res["scores"]
+        decisions[fold.test] = res["decisions"]
+        fold_of[fold.test] = fold.name
+        curves += res["curves"]
+        summary = au_fold_summary(targets[fold.test].astype(np.int64), res["decisions"], aus)
+        write_json(paths.folds / f"{fold.name}.json", {
+            "task": "au", "protocol": "cd6me", "data": label, "fold": fold.name,
+            "held_out": fold.held_out, "f1_mean": summary["f1_mean"],
+            "f1_per_au": summary["f1_per_au"],
+            "f1_per_database": {fold.held_out: summary["f1_mean"]},
+            "f1_database_mean": summary["f1_mean"], "n_samples": summary["n_samples"],
+            "n_train": res["n_train"], "n_missing_features": int(res["missing"].sum()),
+            "selected_epoch": res["selected_epoch"], "seed": res["seed"]})
+        log.info("%s fold %s: F1 mean %.3f on %d samples (trained on %d)", name, fold.name,
+                 summary["f1_mean"], summary["n_samples"], res["n_train"])
+    y_true = targets.astype(np.int64)
+    pred = pd.DataFrame({"sample_id": table["sample_id"], "database": table["database"],
+                         "fold": fold_of})
+    for j, au in enumerate(aus):
+        pred[f"true_{au}"] = y_true[:, j]
+    for j, au in enumerate(aus):
+        pred[f"pred_{au}"] = decisions[:, j]
+    for j, au in enumerate(aus):
+        pred[f"score_{au}"] = np.round(scores[:, j], 6)
+    with atomic_path(paths.metrics / "predictions.csv", suffix=".csv") as tmp:
+        pred.to_csv(tmp, index=False)
+    _write_curves(paths, curves)
+    _write_missing(paths, store)
+    result = cd6me_summary(y_true, decisions, table["database"].tolist(), aus)
+    return {"task": "au", "protocol": "cd6me", "data": label, **result}
+
+
+def _run_loso(name: str, spec: MethodSpec, settings: TrainSettings, params: Mapping[str, Any],
+              samples: pd.DataFrame, features_dir: str | os.PathLike, paths: RunPaths,
+              label: str, seed: int, device: torch.device) -> dict[str, Any]:
+    tasks = []
+    for key in spec.emotion_tasks:
+        if key not in EMOTION_TASKS:
+            raise ProtocolError(f"methods.{name}.tasks: unknown LOSO task {key!r}; known: "
+                                f"{sorted(EMOTION_TASKS)}")
+        task = EMOTION_TASKS[key]
+        present = set(samples["database"])
+        if not set(task.databases) <= present:
+            log.warning("%s: skipping LOSO task %s (databases %s absent)", name, key,
+                        sorted(set(task.databases) - present))
+            continue
+        table, y = emotion_table(samples, task)
+        tasks.append((task, table, y))
+    if not tasks:
+        raise ProtocolError(f"{name}: none of the LOSO tasks {list(spec.emotion_tasks)} can run on "
+                            f"the databases present ({sorted(set(samples['database']))})")
+    union = sorted(set().union(*(set(t[1]["sample_id"]) for t in tasks)))
+    where = {sid: i for i, sid in enumerate(union)}
+    store = _store(spec, union, features_dir, settings, params)
+    results: dict[str, dict[str, Any]] = {}
+    rows: list[pd.DataFrame] = []
+    curves: list[dict[str, Any]] = []
+    all_classes: list[str] = []
+    for task, table, y in tasks:
+        for c in task.classes:
+            if c not in all_classes:
+                all_classes.append(c)
+        store_pos = table["sample_id"].map(where).to_numpy(np.int64)
+        targets_store = np.full(len(union), -1, dtype=np.int64)
+        targets_store[store_pos] = y
+        n = len(table)
+        decisions = np.zeros(n, dtype=np.int64)
+        scores = np.zeros((n, task.n_classes))
+        fold_of = np.empty(n, dtype=object)
+        folds = loso_folds(table, task)
+        for fold in tqdm(folds, desc=f"{name} {task.key}", leave=False):
+            res = _run_fold(name, spec, settings, params, fold, store_pos, table, store,
+                            targets_store, task.n_classes, task.classes, seed, device, paths)
+            scores[fold.test] = res["scores"]
+            decisions[fold.test] = res["decisions"]
+            fold_of[fold.test] = fold.name
+            curves += [{"task": task.key, **c} for c in res["curves"]]
+            m = emotion_metrics(y[fold.test], res["decisions"])
+            write_json(paths.folds / f"{fold.name}.json", {
+                "task": "emotion", "protocol": "loso", "data": label, "fold": fold.name,
+                "held_out": fold.held_out,
+                "results": {task.key: {k: m[k] for k in EMOTION_METRIC_KEYS}},
+                "n_train": res["n_train"], "n_missing_features": int(res["missing"].sum()),
+                "selected_epoch": res["selected_epoch"], "seed": res["seed"]})
+        m = emotion_metrics(y, decisions)
+        results[task.key] = {k: m[k] for k in EMOTION_METRIC_KEYS}
+        if task.per_database:
+            dbs = table["database"].to_numpy(object)
+            for db in task.databases:
+                mask = dbs == db
+                if mask.any():
+                    m = emotion_metrics(y[mask], decisions[mask])
+                    results[f"{task.key}/{db}"] = {k: m[k] for k in EMOTION_METRIC_KEYS}
+        log.info("%s %s: accuracy %.3f, UF1 %.3f, UAR %.3f on %d samples, %d subjects", name,
+                 task.key, results[task.key]["accuracy"], results[task.key]["uf1"],
+                 results[task.key]["uar"], n, len(folds))
+        frame = pd.DataFrame({"task": task.key, "sample_id": table["sample_id"],
+                              "database": table["database"], "fold": fold_of,
+                              "true": [task.classes[i] for i in y],
+                              "pred": [task.classes[i] for i in decisions]})
+        for j, c in enumerate(task.classes):
+            frame[f"score_{c}"] = np.round(scores[:, j], 6)
+        rows.append(frame)
+    pred = pd.concat(rows, ignore_index=True)
+    pred = pred[["task", "sample_id", "database", "fold", "true", "pred",
+                 *[f"score_{c}" for c in all_classes]]]
+    with atomic_path(paths.metrics / "predictions.csv", suffix=".csv") as tmp:
+        pred.to_csv(tmp, index=False)
+    _write_curves(paths, curves)
+    _write_missing(paths, store)
+    return {"task": "emotion", "protocol": "loso", "data": label, "results": results}
+
+
+def run_method(name: str, params: Mapping[str, Any], samples: pd.DataFrame,
+               features_dir: str | os.PathLike, paths: RunPaths, label: str, seed: int,
+               published: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Run every fold of method ``name`` and write its outputs (module docstring).
+
+    Parameters
+    ----------
+    name : str
+        Method name (``methods.<name>`` of ``params.yaml``).
+    params : mapping
+        The method's resolved section merged over the shared ``train:`` section.
+    samples : DataFrame
+        ``samples.csv`` (:func:`pipeline.training.data.read_samples`).
+    features_dir : path
+        ``data/features``.
+    paths : RunPaths
+    label : str
+        The ``data`` field: ``standin-quick`` | ``standin-full`` | ``real``.
+    seed : int
+        Run seed (``seed`` of ``params.yaml``).
+    published : mapping, optional
+        Published numbers for the AU JSON's ``paper`` field.
+
+    Returns
+    -------
+    dict
+        The content written to ``metrics/<method>.json``.
+
+    Raises
+    ------
+    pipeline.training.registry.MethodError, ProtocolError, pipeline.features.cache.CacheError
+        On a bad method section, a protocol the data cannot support, or unusable caches.
+    """
+    start = time.time()
+    spec = build_method(name, params)
+    settings = TrainSettings.from_params(params)
+    device = resolve_device(str(settings.device))
+    if settings.torch_threads:
+        torch.set_num_threads(int(settings.torch_threads))
+    log.info("%s: %s under %s on %s (device %s)", name, spec.task, spec.protocol, label, device)
+    runner = _run_cd6me if spec.protocol == "cd6me" else _run_loso
+    result = runner(name, spec, settings, params, samples, features_dir, paths, label, seed, device)
+    if published and spec.task == "au":
+        result["paper"] = dict(published)
+    write_json(paths.json, result)
+    write_json(paths.models / "run.json", {
+        "method": name, "task": spec.task, "protocol": spec.protocol, "data": label, "seed": seed,
+        "device": str(device), "seconds": round(time.time() - start, 1)})
+    if spec.task == "au":
+        log.info("%s: CD6ME F1 mean %.3f (per-database mean %.3f) on %d samples in %.0f s", name,
+                 result["f1_mean"], result["f1_database_mean"], result["n_samples"],
+                 time.time() - start)
+    else:
+        log.info("%s: LOSO done in %.0f s", name, time.time() - start)
+    return result

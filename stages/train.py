@@ -1,0 +1,52 @@
+"""DVC stage ``train@<method>``: run one method under its protocol's folds.
+
+    python -m stages.train <method>
+
+Reads ``data/index/samples.csv``, the feature caches the method needs (``data/features/*.h5``)
+and the parameters ``config``, ``seed``, ``data.source``, ``standin.profile``, ``train`` (shared
+trainer defaults) and ``methods.<method>`` (which overrides ``train``); writes
+``models/<method>/``, ``metrics/<method>/`` and ``metrics/<method>.json`` (ARCHITECTURE.md),
+atomically.  Library: :mod:`pipeline.training`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from pipeline.io import atomic_dir, setup_logging
+from pipeline.params import load
+from pipeline.reporting.published import published_for
+from pipeline.training.data import read_samples
+from pipeline.training.run import RunPaths, data_label, method_params, run_method
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("method", help="a section name under methods: in params.yaml")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--samples", default="data/index/samples.csv")
+    parser.add_argument("--features", default="data/features")
+    parser.add_argument("--models", default="models")
+    parser.add_argument("--metrics", default="metrics")
+    args = parser.parse_args(argv)
+    setup_logging()
+    log = logging.getLogger("train")
+
+    params = load(args.params)
+    mparams = method_params(params, args.method)
+    seed = int(params.get("seed", 0))
+    published = published_for(mparams.get("published"))
+    samples = read_samples(args.samples)
+    with atomic_dir(f"{args.models}/{args.method}") as models_tmp, \
+            atomic_dir(f"{args.metrics}/{args.method}") as metrics_tmp:
+        paths = RunPaths(models_tmp, metrics_tmp, f"{args.metrics}/{args.method}.json")
+        run_method(args.method, mparams, samples, args.features, paths,
+                   data_label(params), seed, published.as_dict() if published else None)
+    log.info("%s: wrote %s/%s.json", args.method, args.metrics, args.method)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

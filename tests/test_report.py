@@ -1,0 +1,138 @@
+"""The report stage: tables with published numbers, stand-in labelling, figures, summary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import numpy as np
+import pandas as pd
+import pytest
+import training_synth
+import yaml
+
+from pipeline.io import write_json
+from pipeline.reporting.published import PUBLISHED, published_for
+from pipeline.reporting.report import ReportError, write_report
+from pipeline.training.data import read_samples
+from pipeline.training.protocols import CD6ME_AUS
+from pipeline.training.run import RunPaths, run_method
+
+METHODS = {
+    "constant_positive": ({"family": "constant", "rule": "all_positive", "task": "au",
+                           "protocol": "cd6me"}, None),
+    "sssnet": ({"family": "constant", "rule": "prevalence", "task": "au", "protocol": "cd6me"},
+               "sssnet_cd6me"),
+    "majority_loso": ({"family": "constant", "rule": "majority", "task": "emotion",
+                       "protocol": "loso"}, "gam_mm_mer_loso"),
+}
+
+
+@pytest.fixture(scope="module")
+def metrics_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    csv, feats = training_synth.build(root / "data", n_subjects=3, per_subject=3, size=16)
+    samples = read_samples(csv)
+    out = root / "metrics"
+    for name, (params, _) in METHODS.items():
+        paths = RunPaths(root / "models" / name, out / name, out / f"{name}.json")
+        run_method(name, params, samples, feats, paths, "standin-quick", seed=0)
+    # training curves of a trained method (two folds, three epochs)
+    pd.DataFrame({"fold": ["casme"] * 3 + ["samm"] * 3, "epoch": [1, 2, 3] * 2,
+                  "train_loss": [0.7, 0.5, 0.4, 0.8, 0.6, 0.5], "lr": 1e-3}).to_csv(
+        out / "sssnet" / "curves.csv", index=False)
+    return out
+
+
+def _write(metrics_dir: Path, tmp_path: Path):
+    keys = {m: pub for m, (_, pub) in METHODS.items()}
+    return write_report(metrics_dir, list(METHODS), keys, tmp_path / "reports",
+                        tmp_path / "summary.json")
+
+
+def test_report_tables_figures_and_summary(metrics_dir, tmp_path):
+    summary = _write(metrics_dir, tmp_path)
+    reports = tmp_path / "reports"
+    md = (reports / "report.md").read_text()
+    # every title says stand-in
+    titles = [line for line in md.splitlines() if line.startswith("#")]
+    assert all("STAND-IN" in t for t in titles if not t.startswith("## Sources")
+               and not t.startswith("## Figures"))
+    assert "not comparable with the published numbers" in md
+    # ours and the paper's side by side (SSSNet: published CD6ME average 0.405, AU4 0.875)
+    ours = json.loads((metrics_dir / "sssnet.json").read_text())
+    row = next(line for line in md.splitlines() if line.startswith("| sssnet |"))
+    assert f"{ours['f1_mean']:.3f} / 0.405" in row
+    assert "/ 0.875" in row
+    assert "Khor et al., SCIA 2025, Table 1" in md
+    emo_rows = [line for line in md.splitlines() if line.startswith("| majority_loso |")]
+    assert len(emo_rows) == 9  # 6 tasks + composite per database
+    assert any("casme2 | 5 |" in r and "/ 0.861" in r for r in emo_rows)  # GAM-MM-MER 86.09
+    assert "STAND-IN" in (reports / "report.html").read_text()
+    # figures: real PNGs
+    figs = sorted(p.name for p in (reports / "figures").glob("*.png"))
+    assert figs == ["au_f1.png", "confusion_majority_loso.png", "curves_sssnet.png"]
+    for f in figs:
+        img = mpimg.imread(reports / "figures" / f)
+        assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+    # plot data for dvc
+    wide = pd.read_csv(reports / "au_f1.csv")
+    assert list(wide["au"]) == list(CD6ME_AUS)
+    assert list(wide.columns[1:]) == ["constant_positive", "sssnet"]
+    assert wide["sssnet"].tolist() == pytest.approx([ours["f1_per_au"][a] for a in CD6ME_AUS],
+                                                    abs=1e-6)
+    emo = pd.read_csv(reports / "emotion.csv")
+    assert set(emo["result"]) >= {"casme2-5", "composite-3/samm"}
+    # summary for dvc metrics
+    written = json.loads((tmp_path / "summary.json").read_text())
+    assert written["data"] == ["standin-quick"]
+    assert written["au"]["sssnet"]["paper_f1_mean"] == pytest.approx(0.405)
+    assert written["au"]["constant_positive"]["paper_f1_mean"] is None
+    assert written["emotion"]["majority_loso"]["casme2-3"]["paper_uf1"] == pytest.approx(0.9122)
+    assert summary["au"]["sssnet"]["f1_mean"] == pytest.approx(ours["f1_mean"])
+
+
+def test_real_data_is_not_labelled_stand_in(tmp_path):
+    metrics = tmp_path / "metrics"
+    write_json(metrics / "a.json", {
+        "task": "au", "protocol": "cd6me", "data": "real", "f1_mean": 0.4,
+        "f1_per_au": {a: 0.4 for a in CD6ME_AUS}, "f1_per_database": {"casme": 0.4},
+        "f1_database_mean": 0.4, "n_samples": 10})
+    write_report(metrics, ["a"], {"a": None}, tmp_path / "r", tmp_path / "s.json")
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "STAND-IN" not in md and "real data" in md
+
+
+def test_missing_or_malformed_metrics_named(tmp_path):
+    with pytest.raises(ReportError, match=r"nope\.json.*dvc repro train@nope"):
+        write_report(tmp_path, ["nope"], {}, tmp_path / "r", tmp_path / "s.json")
+    write_json(tmp_path / "bad.json", {"task": "au", "data": "real"})
+    with pytest.raises(ReportError, match=r"bad\.json: missing fields"):
+        write_report(tmp_path, ["bad"], {}, tmp_path / "r", tmp_path / "s.json")
+
+
+def test_published_numbers_are_consistent():
+    for key, pub in PUBLISHED.items():
+        assert pub.source, key
+        if pub.task == "au":
+            assert set(pub.f1_per_au) == set(CD6ME_AUS), key
+            # the printed average is the mean of the printed per-AU values (rounding)
+            assert np.mean(list(pub.f1_per_au.values())) == pytest.approx(pub.f1_mean, abs=6e-4)
+        for res in pub.results.values():
+            assert all(0 < v < 1 for v in res.values())
+    assert published_for(None) is None
+    with pytest.raises(KeyError, match="known"):
+        published_for("nope")
+
+
+def test_report_stage_cli(metrics_dir, tmp_path, monkeypatch):
+    from stages import report as report_stage
+
+    params = {"config": "quick", "methods": {m: {**p, **({"published": k} if k else {})}
+                                             for m, (p, k) in METHODS.items()},
+              "report": {"methods": None}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    assert report_stage.main(["--metrics", str(metrics_dir), "--reports", "reports"]) == 0
+    assert Path("reports/report.md").is_file() and (metrics_dir / "summary.json").is_file()

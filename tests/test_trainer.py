@@ -1,0 +1,204 @@
+"""The shared trainer, the registry, the runner's outputs and the train stage, on synthetic caches."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import training_synth
+import yaml
+
+from pipeline.training.data import FeatureStore, InputSpec, preprocess_flow, read_samples
+from pipeline.training.protocols import CD6ME_AUS, EMOTION_TASKS
+from pipeline.training.registry import MethodError, build_method, class_weights_inverse
+from pipeline.training.run import RunPaths, run_method
+from pipeline.training.trainer import TrainSettings, flow_hflip, make_scheduler, resolve_device
+
+AU_KEYS = {"task", "protocol", "data", "f1_mean", "f1_per_au", "f1_per_database",
+           "f1_database_mean", "n_samples"}
+SIZE = 24
+TINY = {"epochs": 2, "batch_size": 16, "device": "cpu", "input_size": SIZE,
+        "optimizer": {"name": "adam", "lr": 0.003}, "save_checkpoints": False}
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    csv, feats = training_synth.build(root, n_subjects=3, per_subject=4, size=SIZE, seed=1,
+                                      drop_from_flow=2)
+    return read_samples(csv), feats
+
+
+def _run(name, params, synth, out: Path, label="standin-quick"):
+    samples, feats = synth
+    paths = RunPaths(out / "models" / name, out / "metrics" / name, out / "metrics" / f"{name}.json")
+    return run_method(name, params, samples, feats, paths, label, seed=0), paths
+
+
+def test_constant_all_positive_outputs_and_values(synth, tmp_path):
+    res, paths = _run("cp", {"family": "constant", "rule": "all_positive", "task": "au",
+                             "protocol": "cd6me"}, synth, tmp_path)
+    assert set(res) == AU_KEYS
+    assert json.loads(paths.json.read_text()) == res
+    samples = synth[0]
+    cd = samples[samples["database"] != "smic"]
+    for au in CD6ME_AUS:  # all-positive: F1 = 2p / (1 + p) on the pooled samples
+        p = cd[au].mean()
+        assert res["f1_per_au"][au] == pytest.approx(2 * p / (1 + p))
+    assert res["n_samples"] == len(cd)
+    assert sorted(p.stem for p in paths.folds.glob("*.json")) == sorted(
+        ["casme", "casme2", "samm", "fourd", "mmew", "casme3a"])
+    fold = json.loads((paths.folds / "samm.json").read_text())
+    assert AU_KEYS <= set(fold) and fold["held_out"] == "samm"
+    assert set(fold["f1_per_database"]) == {"samm"}
+    pred = pd.read_csv(paths.metrics / "predictions.csv")
+    assert len(pred) == len(cd) and pred["sample_id"].is_unique
+    assert list(pred.columns[:3]) == ["sample_id", "database", "fold"]
+    assert {f"true_{a}" for a in CD6ME_AUS} | {f"pred_{a}" for a in CD6ME_AUS} <= set(pred.columns)
+    assert (pred["fold"] == pred["database"]).all()
+    assert (paths.models / "samm.json").is_file()
+
+
+def test_constant_emotion_majority_and_prevalence(synth, tmp_path):
+    res, paths = _run("maj", {"family": "constant", "rule": "majority", "task": "emotion",
+                              "protocol": "loso"}, synth, tmp_path)
+    assert set(res) == {"task", "protocol", "data", "results"}
+    assert {"casme2-5", "casme2-3", "samm-5", "samm-3", "smic-3", "composite-3",
+            "composite-3/smic", "composite-3/casme2", "composite-3/samm"} == set(res["results"])
+    for r in res["results"].values():
+        assert set(r) == {"accuracy", "uf1", "uar", "n_samples"}
+        assert 0.0 <= r["uf1"] <= r["accuracy"] + 1e-9 or r["uf1"] <= 1.0
+    pred = pd.read_csv(paths.metrics / "predictions.csv", keep_default_na=False)
+    assert list(pred.columns[:6]) == ["task", "sample_id", "database", "fold", "true", "pred"]
+    # a majority predictor has one prediction per fold
+    assert (pred.groupby(["task", "fold"])["pred"].nunique() == 1).all()
+    prev, _ = _run("prev", {"family": "constant", "rule": "prevalence", "task": "emotion",
+                            "protocol": "loso", "tasks": ["smic-3"]}, synth, tmp_path)
+    assert set(prev["results"]) == {"smic-3"}
+
+
+def test_registry_errors():
+    with pytest.raises(MethodError, match="unknown method family 'nope'"):
+        build_method("x", {"family": "nope"})
+    with pytest.raises(MethodError, match="does not apply"):
+        build_method("x", {"family": "constant", "rule": "majority", "task": "au",
+                           "protocol": "cd6me"})
+    with pytest.raises(MethodError, match="runs under"):
+        build_method("x", {"family": "sssnet", "task": "au", "protocol": "loso"})
+    spec = build_method("r", {"family": "resnet_flow", "task": "emotion", "protocol": "loso",
+                              "input_size": 32})
+    assert spec.emotion_tasks == tuple(EMOTION_TASKS)
+    assert spec.inputs[0] == InputSpec("flow", "flow", "onset_apex", "flow", 32)
+
+
+def test_same_seed_same_metrics_and_missing_features(synth, tmp_path):
+    params = {"family": "sssnet", "task": "au", "protocol": "cd6me", **TINY,
+              "augment": {"hflip": 0.5}, "save_checkpoints": True}
+    a, pa = _run("s", params, synth, tmp_path / "a")
+    b, pb = _run("s", params, synth, tmp_path / "b")
+    assert a == b
+    assert (pa.metrics / "predictions.csv").read_bytes() == (pb.metrics / "predictions.csv").read_bytes()
+    assert 0.0 <= a["f1_mean"] <= 1.0
+    # two samples have no flow: listed, not trained on, scored with the fallback (no AU)
+    missing = pd.read_csv(pa.metrics / "missing_features.csv")
+    assert len(missing) == 2
+    pred = pd.read_csv(pa.metrics / "predictions.csv").set_index("sample_id")
+    assert (pred.loc[missing["sample_id"], [f"pred_{x}" for x in CD6ME_AUS]] == 0).all().all()
+    assert a["n_samples"] == len(pred)
+    ckpt = torch.load(pa.models / "casme.pt", weights_only=False)
+    assert ckpt["fold"] == "casme" and ckpt["n_outputs"] == 12
+    curves = pd.read_csv(pa.metrics / "curves.csv")
+    assert len(curves) == 6 * 2 and set(curves["epoch"]) == {1, 2}
+    assert (pa.metrics / "live" / "casme" / "plots" / "metrics" / "train" / "loss.tsv").is_file()
+
+
+def test_loso_with_inner_validation(synth, tmp_path):
+    params = {"family": "sssnet", "task": "emotion", "protocol": "loso", **TINY,
+              "tasks": ["casme2-3", "composite-3"], "selection": "inner_val", "val_share": 0.3,
+              "loss": {"class_weights": "inverse"}}
+    res, paths = _run("sl", params, synth, tmp_path)
+    assert set(res["results"]) == {"casme2-3", "composite-3", "composite-3/smic",
+                                   "composite-3/casme2", "composite-3/samm"}
+    folds = sorted(paths.folds.glob("*.json"))
+    assert len(folds) == 3 + 9  # casme2-3: 3 subjects; composite: 3 x 3 subjects
+    f = json.loads(folds[0].read_text())
+    assert f["task"] == "emotion" and 1 <= f["selected_epoch"] <= 2
+    assert len(f["results"]) == 1
+    assert "val_score" in pd.read_csv(paths.metrics / "curves.csv").columns
+
+
+def test_flow_preprocessing_and_flip():
+    rng = np.random.default_rng(0)
+    flow = rng.normal(0, 0.5, (32, 32, 3)).astype(np.float32)
+    flow[..., 2] = np.abs(flow[..., 2])
+    out = preprocess_flow(flow, 16, "sample")
+    assert out.shape == (3, 16, 16) and out.dtype == np.float32
+    assert np.abs(out).max() <= 1.0 + 1e-6
+    raw = preprocess_flow(np.full((32, 32, 3), 2.0, np.float32), 16, "none")
+    np.testing.assert_allclose(raw[0], 1.0)  # u halves with the grid: pixels/frame at 16 px
+    np.testing.assert_allclose(raw[2], 2.0)  # strain is scale-free
+    with pytest.raises(ValueError, match="non-finite"):
+        preprocess_flow(np.full((8, 8, 3), np.nan, np.float32), None)
+    x = torch.arange(2 * 3 * 2 * 3, dtype=torch.float32).reshape(2, 3, 2, 3)
+    out = flow_hflip({"flow": x}, torch.Generator().manual_seed(0), p=1.0)["flow"]
+    np.testing.assert_array_equal(out[:, 0], -torch.flip(x[:, 0], dims=[-1]))
+    np.testing.assert_array_equal(out[:, 1:], torch.flip(x[:, 1:], dims=[-1]))
+
+
+def test_feature_store_preload_equals_lazy(synth):
+    samples, feats = synth
+    ids = samples["sample_id"].tolist()
+    spec = (InputSpec("flow", "flow", "onset_apex", "flow", 16),)
+    eager = FeatureStore(spec, ids, feats, preload=True)
+    lazy = FeatureStore(spec, ids, feats, preload=False)
+    assert eager.missing == lazy.missing and len(eager.missing) == 2
+    pos = int(np.flatnonzero(eager.available)[3])
+    torch.testing.assert_close(eager.item(pos)["flow"], lazy.item(pos)["flow"])
+    with pytest.raises(KeyError, match="lack features"):
+        eager.dataset(np.flatnonzero(~eager.available), np.zeros(len(ids)))
+
+
+def test_settings_schedulers_and_weights():
+    with pytest.raises(ValueError, match="selection"):
+        TrainSettings.from_params({"selection": "test_fold"})
+    with pytest.raises(ValueError, match="epochs"):
+        TrainSettings.from_params({"epochs": 0})
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched, when = make_scheduler(opt, {"name": "exponential", "gamma": 0.5}, 4)
+    opt.step()
+    sched.step()
+    assert when == "epoch" and opt.param_groups[0]["lr"] == pytest.approx(0.5)
+    assert make_scheduler(opt, {"name": "cosine_warm_restarts"}, 4)[1] == "batch"
+    with pytest.raises(ValueError, match="scheduler"):
+        make_scheduler(opt, {"name": "plateau"}, 4)
+    assert resolve_device("cpu").type == "cpu"
+    np.testing.assert_allclose(class_weights_inverse(np.array([0, 0, 0, 1, 2, 2]), 4),
+                               [1.0, 3.0, 1.5, 0.0])
+
+
+def test_train_stage_cli(synth, tmp_path, monkeypatch):
+    from stages import train as train_stage
+
+    samples, feats = synth
+    params = {"config": "quick", "seed": 0, "data": {"source": "standin"},
+              "standin": {"profile": "tiny"}, "train": {"device": "cpu", "save_checkpoints": False},
+              "methods": {"cp": {"family": "constant", "rule": "prevalence", "task": "au",
+                                 "protocol": "cd6me", "published": "sssnet_cd6me",
+                                 "paper": {"rule": "all_positive"}}}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    samples.to_csv(tmp_path / "samples.csv", index=False)
+    monkeypatch.chdir(tmp_path)
+    args = ["cp", "--samples", "samples.csv", "--features", str(feats)]
+    assert train_stage.main(args) == 0
+    out = json.loads(Path("metrics/cp.json").read_text())
+    assert out["data"] == "standin-tiny"
+    assert out["paper"]["f1_mean"] == pytest.approx(0.405)
+    assert Path("metrics/cp/predictions.csv").is_file() and Path("models/cp/run.json").is_file()
+    params["config"] = "paper"  # the one switch: the method's paper: block applies
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    assert train_stage.main(args) == 0
+    assert json.loads(Path("models/cp/casme.json").read_text())["rule"] == "all_positive"
