@@ -9,6 +9,9 @@ The shared ``tiny`` stand-in (tests/conftest.py: 6 samples per database, 36 for 
 small for a network trained from scratch to learn anything (ResNet18 scored below the
 all-positive predictor on it), so this test builds its own small profile: the ``tiny`` look and
 timing with :data:`N_SAMPLES` samples of :data:`N_SUBJECTS` subjects in each CD6ME database.
+With ~100 training samples per fold the unweighted BCE of 10 epochs learns to predict the rare
+AUs absent (F1 0.10, below all-positive's 0.17); balanced positive weights and 20 epochs give
+0.26 (measured on one thread, the run's own determinism setting).
 """
 
 from __future__ import annotations
@@ -81,9 +84,10 @@ def test_resnet18_flow_beats_constants_and_is_not_perfect(tiny_flow):
                  for r in ("all_positive", "prevalence")]
     resnet = _cd6me("resnet18_flow", {
         **base, "family": "resnet_flow", "arch": "resnet18", "pretrained": False,
-        "input_size": INPUT, "epochs": 10, "batch_size": 16, "device": "cpu",
+        "input_size": INPUT, "epochs": 20, "batch_size": 16, "device": "cpu", "torch_threads": 1,
         "optimizer": {"name": "adam", "lr": 0.001}, "scheduler": {"name": "none"},
-        "augment": {"hflip": 0.5}, "save_checkpoints": False}, tiny_flow)
+        "loss": {"pos_weight": "balanced"}, "augment": {"hflip": 0.5},
+        "save_checkpoints": False}, tiny_flow)
     print(json.dumps({"constants": constants, "resnet18_flow": resnet["f1_mean"],
                       "per_au": resnet["f1_per_au"]}, indent=1))
     assert resnet["n_samples"] == len(tiny_flow[0]) == 6 * N_SAMPLES

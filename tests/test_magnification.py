@@ -152,13 +152,13 @@ def test_trained_tiny_oh_reconstructs_frame_b_at_alpha_one(procedural_bank, one_
         return float(np.mean([psnr(o, t) for o, t in zip(out, held["c"], strict=True)]))
 
     before = identity_psnr()
-    info = train_magnifier("oh", net, pairs, {"iterations": 150, "batch_size": 4, "lr": 3e-3,
+    info = train_magnifier("oh", net, pairs, {"iterations": 300, "batch_size": 4, "lr": 3e-3,
                                               "lr_schedule": "cosine"}, torch.device("cpu"),
                            seed=0, progress=False)
     after = identity_psnr()
     assert info["loss_last"] < info["loss_first"]
     # α = 1 gives the input frame b back, up to the auto-encoder's error: ~21 dB for this tiny
-    # network after 150 steps (the quick stage's network: alpha1_psnr_vs_b in the metrics)
+    # network after 300 steps (the quick stage's network: alpha1_psnr_vs_b in the metrics)
     assert after > before + 5.0
     assert after > 19.0
 

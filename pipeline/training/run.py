@@ -391,11 +391,16 @@ def run_method(name: str, params: Mapping[str, Any], samples: pd.DataFrame,
     spec = build_method(name, params)
     settings = TrainSettings.from_params(params)
     device = resolve_device(str(settings.device))
+    threads = torch.get_num_threads()
     if settings.torch_threads:
         torch.set_num_threads(int(settings.torch_threads))
     log.info("%s: %s under %s on %s (device %s)", name, spec.task, spec.protocol, label, device)
     runner = _run_cd6me if spec.protocol == "cd6me" else _run_loso
-    result = runner(name, spec, settings, params, samples, features_dir, paths, label, seed, device)
+    try:
+        result = runner(name, spec, settings, params, samples, features_dir, paths, label, seed,
+                        device)
+    finally:
+        torch.set_num_threads(threads)
     if published and spec.task == "au":
         result["paper"] = dict(published)
     write_json(paths.json, result)
