@@ -116,6 +116,8 @@ def test_published_numbers_are_consistent():
     for key, pub in PUBLISHED.items():
         assert pub.source, key
         if pub.task == "au":
+            assert pub.f1_mean is not None, key
+        if pub.task == "au" and pub.f1_per_au:  # (InfuseNet Table 3 prints averages only)
             assert set(pub.f1_per_au) == set(CD6ME_AUS), key
             # the printed average is the mean of the printed per-AU values (rounding)
             assert np.mean(list(pub.f1_per_au.values())) == pytest.approx(pub.f1_mean, abs=6e-4)

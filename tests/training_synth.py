@@ -108,3 +108,66 @@ def build(root: Path, n_subjects: int = 4, per_subject: int = 6, size: int = 32,
                 continue
             w.append(sid, {"onset_apex": flows[sid]})
     return csv, feats
+
+
+def add_infusenet_caches(feats: Path, seed: int = 0, drop_from_magnified: int = 0,
+                         image_alphas: tuple[float, ...] = (10,), artefact: float = 0.3,
+                         drop_ids: tuple[str, ...] = ()) -> tuple[Path, Path]:
+    """Write ``feats/magnified.h5`` and ``feats/faces.h5`` beside a :func:`build` ``flow.h5``.
+
+    Stand-ins for what the ``magnify`` and ``faces`` stages write (docs/internals.md), for the
+    samples of ``flow.h5`` at its side S:
+
+    * ``latent/onset_apex`` ``(N, 32, S/2, S/2) float16``: a fixed random linear map of the
+      sample's (u, v) flow (2×2 area average) plus "magnification artefacts" (smooth noise of
+      amplitude ``artefact``); ``latent/onset_pseudo``: 0.8 × that plus its own noise;
+    * ``frames/oh/alpha{a}/apex`` ``(N, S, S, 3) uint8``: a grey face-like ramp shaded by the
+      flow magnitude ×α/10, for each α of ``image_alphas``;
+    * ``pseudo_apex_offset`` ``(N,) int16`` from :func:`draw_pseudo_apex_offsets` (seed ``seed``);
+    * ``faces.h5`` ``crop{S}/apex`` ``(N, S, S, 3) uint8`` (the Grad-CAM backgrounds).
+
+    ``drop_from_magnified`` leaves that many of flow.h5's samples out of ``magnified.h5`` (a
+    sample that failed in the magnify stage), and so does each id of ``drop_ids``.  Returns the
+    two paths.
+    """
+    from pipeline.features.cache import FeatureCache
+    from pipeline.models.infusenet import draw_pseudo_apex_offsets
+
+    rng = np.random.default_rng(seed + 1000)
+    flow = FeatureCache(Path(feats) / "flow.h5", "flow")
+    ids = list(flow.sample_ids)
+    size = int(flow.datasets["onset_apex"][0][1])
+    half = size // 2
+    mix = rng.normal(0, 1, (32, 2)).astype(np.float32)
+    offsets = draw_pseudo_apex_offsets(ids, seed)
+    dropped = set(ids[1::max(1, len(ids) // max(drop_from_magnified, 1))][:drop_from_magnified])
+    dropped |= set(drop_ids)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    face = 90 + 80 * np.exp(-((xx - 0.5) ** 2 / 0.08 + (yy - 0.5) ** 2 / 0.12))
+    mag_path = Path(feats) / "magnified.h5"
+    faces_path = Path(feats) / "faces.h5"
+    with CacheWriter(mag_path, "magnified", {"size": size, "synthetic": True,
+                                             "latent_alpha": 10}) as mw, \
+            CacheWriter(faces_path, "faces", {"sizes": [size], "synthetic": True}) as fw:
+        for row, sid in enumerate(ids):
+            f = flow.read("onset_apex", row)
+            uv = f[..., :2].reshape(half, 2, half, 2, 2).mean(axis=(1, 3))  # (h, w, 2)
+            lat = np.einsum("cd,hwd->chw", mix, uv)
+            noise = rng.normal(0, artefact, (32, half // 4 + 1, half // 4 + 1)).astype(np.float32)
+            noise = noise.repeat(4, axis=1).repeat(4, axis=2)[:, :half, :half]
+            apex = (lat + noise).astype(np.float16)
+            pseudo = (0.8 * lat + rng.normal(0, artefact, lat.shape)).astype(np.float16)
+            magnitude = np.sqrt((f[..., :2] ** 2).sum(-1))
+            arrays: dict[str, np.ndarray] = {
+                "latent/onset_apex": apex, "latent/onset_pseudo": pseudo,
+                "pseudo_apex_offset": np.int16(offsets[sid])}
+            for a in image_alphas:
+                grey = np.clip(face + 40 * magnitude * float(a) / 10, 0, 255).astype(np.uint8)
+                tag = f"alpha{int(a)}" if float(a).is_integer() else f"alpha{float(a)}"
+                arrays[f"frames/oh/{tag}/apex"] = np.repeat(grey[..., None], 3, axis=2)
+            if sid not in dropped:
+                mw.append(sid, arrays)
+            fw.append(sid, {f"crop{size}/apex": np.repeat(
+                np.clip(face + 20 * magnitude, 0, 255).astype(np.uint8)[..., None], 3, axis=2)})
+    flow.close()
+    return mag_path, faces_path

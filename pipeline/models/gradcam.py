@@ -197,6 +197,7 @@ def save_gradcam_figure(
     maps: Mapping[str, np.ndarray],
     *,
     row_labels: Sequence[str] | None = None,
+    cell_labels: Mapping[str, Sequence[str]] | None = None,
     title: str | None = None,
     alpha: float = 0.5,
     cmap: str = "jet",
@@ -217,6 +218,9 @@ def save_gradcam_figure(
         Column title → maps in [0, 1] (any side s; stretched over the face).
     row_labels : sequence of str, optional
         One label per row (e.g. ``"AU5"``).
+    cell_labels : mapping of str to sequence of str, optional
+        Column title → one short text per row, written in the corner of that overlay (e.g. the
+        network's AU probability).
     title : str, optional
         Figure title.
     alpha : float
@@ -250,6 +254,11 @@ def save_gradcam_figure(
             raise ValueError(f"maps[{k!r}] must have shape ({n_rows}, s, s), got {v.shape}")
     if row_labels is not None and len(row_labels) != n_rows:
         raise ValueError(f"row_labels has {len(row_labels)} entries for {n_rows} rows")
+    cell_labels = dict(cell_labels or {})
+    for k, v in cell_labels.items():
+        if k not in columns or len(v) != n_rows:
+            raise ValueError(f"cell_labels[{k!r}] must name a column of maps and hold {n_rows} "
+                             "texts")
 
     n_cols = 1 + len(columns)
     fig = Figure(figsize=(2.2 * n_cols, 2.2 * n_rows + (0.4 if title else 0.0)), dpi=dpi)
@@ -264,6 +273,10 @@ def save_gradcam_figure(
             ax.imshow(face)
             ax.imshow(np.clip(m[r], 0, 1), cmap=cmap, vmin=0.0, vmax=1.0, alpha=alpha,
                       extent=(-0.5, w - 0.5, h - 0.5, -0.5), interpolation="bilinear")  # fmt: skip
+            if name in cell_labels:
+                ax.text(0.03, 0.03, cell_labels[name][r], transform=ax.transAxes, fontsize=8,
+                        color="white", va="bottom", ha="left",
+                        bbox={"facecolor": "black", "alpha": 0.6, "pad": 1.5, "linewidth": 0})
             if r == 0:
                 ax.set_title(name)
         if r == 0:

@@ -73,6 +73,7 @@ __all__ = [
     "CD6ME_AUS",
     "NORM_SCOPES",
     "PAPER_F1",
+    "PUBLISHED_KEYS",
     "VARIANTS",
     "FlowInfusion",
     "InfuseNet",
@@ -185,7 +186,8 @@ def minmax_normalise(
         Where min and max are taken: ``"tensor"`` over the whole batch tensor (ref. code);
         ``"sample"`` per sample over all its features; ``"channel"`` per sample and channel over
         the remaining (spatial / token) axes.  For a 2-D input (pooled features, no spatial axis)
-        ``"channel"`` would reduce over a single value, so it falls back to ``"sample"``.
+        or a 1 × 1 map (``layer4`` of a ResNet below 64 px input) ``"channel"`` would reduce over
+        a single value and zero every feature, so it falls back to ``"sample"``.
     channel_dim : int
         The channel axis for ``"channel"``: 1 for (B, C, H, W), −1 for ViT tokens (B, N, D).
     eps : float
@@ -218,6 +220,8 @@ def minmax_normalise(
         if cd == 0:
             raise ValueError("channel_dim must not be the batch axis (0)")
         dims = tuple(d for d in range(1, xf.ndim) if d != cd)
+        if all(xf.shape[d] == 1 for d in dims):  # e.g. a 1 × 1 layer4 map of a small input
+            dims = tuple(range(1, xf.ndim))
     lo = xf.amin(dim=dims, keepdim=True)
     span = xf.amax(dim=dims, keepdim=True) - lo
     mask = (xf - lo) / span.clamp_min(eps)
@@ -387,6 +391,9 @@ def _build_stream(backbone: str, input_kind: str, cfg: InfuseNetConfig, *, vit: 
         net.conv1 = nn.Identity()  # the latent *is* conv1's output (Sec. 3.2, Eq. 2)
         if not cfg.latent_bn:
             net.bn1 = nn.Identity()  # ref. code: relu → maxpool, no bn1
+            # torchvision's stem ReLU is in place: it would overwrite the caller's latent tensor
+            # (e.g. a batch shared with the pre-loaded features); the blocks have their own ReLUs
+            net.relu = nn.ReLU(inplace=False)
     return net
 
 
@@ -786,61 +793,35 @@ def build_infusenet_variant(
     return model
 
 
-def _row(values: str) -> dict[str, float]:
-    return dict(zip(CD6ME_AUS, (float(v) for v in values.split()), strict=True))
-
-
-#: Published CD6ME F1 (fractions) per variant: ``average`` and, where Table 1 gives them,
-#: ``per_au``.  Table 2 reports FrameMag at 0.2877, Table 1 "ResNet18 Mag" at 0.3243.
-PAPER_F1: dict[str, dict[str, Any]] = {
-    "resnet18_flow": {
-        "average": 0.3828,
-        "source": "Table 1, ResNet18 OF",
-        "per_au": _row(
-            "0.6018 0.6541 0.6595 0.1612 0.1645 0.4362 0.2227 0.2378 0.3828 0.3298 0.3152 0.4276"
-        ),
-    },
-    "resnet18_mag": {
-        "average": 0.3243,
-        "source": "Table 1, ResNet18 Mag (Table 2: 0.2877)",
-        "per_au": _row(
-            "0.4739 0.4252 0.6276 0.1685 0.1321 0.3442 0.2291 0.1576 0.3230 0.3788 0.2338 0.3979"
-        ),
-    },
-    "late_fusion": {
-        "average": 0.2937,
-        "source": "Table 1, ResNet18 (Late-fusion)",
-        "per_au": _row(
-            "0.4820 0.4341 0.5962 0.1588 0.1454 0.3157 0.2161 0.1179 0.3020 0.3057 0.1467 0.3033"
-        ),
-    },
-    "infusenet": {
-        "average": 0.4230,
-        "source": "Table 1, InfuseNet(Res18)",
-        "per_au": _row(
-            "0.6997 0.6804 0.7921 0.1929 0.1572 0.4438 0.3263 0.2987 0.3987 0.3523 0.2973 0.4364"
-        ),
-    },
-    "infusenet_image": {"average": 0.3758, "source": "Table 3, decoded magnified image"},
-    "vit_tiny_flow": {
-        "average": 0.4128,
-        "source": "Table 1, ViT-Tiny OF",
-        "per_au": _row(
-            "0.6924 0.7353 0.7984 0.2129 0.1510 0.4785 0.2371 0.1987 0.3742 0.3877 0.2871 0.3999"
-        ),
-    },
-    "vit_tiny_mag": {
-        "average": 0.3088,
-        "source": "Table 1, ViT-Tiny Mag",
-        "per_au": _row(
-            "0.4942 0.4896 0.6469 0.1389 0.1620 0.3296 0.1941 0.1259 0.3041 0.3196 0.1723 0.3281"
-        ),
-    },
-    "infusenet_vit": {
-        "average": 0.4172,
-        "source": "Table 1, InfuseNet(ViT-Tiny)",
-        "per_au": _row(
-            "0.6951 0.7100 0.7743 0.1917 0.1734 0.4361 0.3227 0.2287 0.3892 0.3513 0.2902 0.4431"
-        ),
-    },
+#: variant → key of :data:`pipeline.reporting.published.PUBLISHED`, the one source of the
+#: published numbers (the ``published:`` key of the variant's ``params.yaml`` section).
+#: ``vit_tiny_late_fusion`` has no published row.
+PUBLISHED_KEYS: dict[str, str] = {
+    "resnet18_flow": "resnet18_flow_cd6me",  # Table 1 ResNet18 OF (Table 2 FrameFlow)
+    "resnet18_mag": "resnet18_mag_cd6me",  # Table 1 ResNet18 Mag (Table 2 FrameMag: 0.2877)
+    "late_fusion": "late_fusion_cd6me",  # Table 1 ResNet18 (Late-fusion), Table 2
+    "infusenet": "infusenet_cd6me",  # Table 1 InfuseNet(Res18), Tables 2-3
+    "infusenet_image": "infusenet_image_cd6me",  # Table 3 decoded magnified image
+    "vit_tiny_flow": "vit_tiny_flow_cd6me",  # Table 1 ViT-Tiny OF
+    "vit_tiny_mag": "vit_tiny_mag_cd6me",  # Table 1 ViT-Tiny Mag
+    "infusenet_vit": "infusenet_vit_cd6me",  # Table 1 InfuseNet(ViT-Tiny)
 }
+
+
+def _paper_f1() -> dict[str, dict[str, Any]]:
+    from pipeline.reporting.published import PUBLISHED
+
+    out: dict[str, dict[str, Any]] = {}
+    for variant, key in PUBLISHED_KEYS.items():
+        pub = PUBLISHED[key]
+        row: dict[str, Any] = {"average": pub.f1_mean, "source": pub.source, "key": key}
+        if pub.f1_per_au:
+            row["per_au"] = dict(pub.f1_per_au)
+        out[variant] = row
+    return out
+
+
+#: Published CD6ME F1 (fractions) per variant: ``average``, ``source``, ``key`` (of
+#: :data:`~pipeline.reporting.published.PUBLISHED`, where the numbers are transcribed) and, where
+#: Table 1 gives them, ``per_au``.
+PAPER_F1: dict[str, dict[str, Any]] = _paper_f1()

@@ -8,7 +8,8 @@ CD6ME (binary F1 per AU pooled over the six leave-one-database-out folds, "Avera
 
 * Khor et al., "Infused Suppression Of Magnification Artefacts For Micro-AU Detection", SCIA
   2025, Table 1 (SSSNet, ResNet18/34 on OF quoted from Varanka et al. 2024 [22]; ResNet18 OF
-  per-AU values are the authors' own re-run, average 0.3828; InfuseNet(Res18) 0.4230).
+  per-AU values are the authors' own re-run, average 0.3828; InfuseNet(Res18) 0.4230; the
+  magnified-input, late-fusion and ViT-Tiny rows of Table 1, the decoded-image row of Table 3).
 * "AC4AU" (apex-free AU detection), ACM MM 2025, Table 1 (AC4AU 0.40508; it quotes ResNet18 on
   OF at 0.37233, another per-AU row than InfuseNet's Table 1).
 
@@ -111,6 +112,35 @@ PUBLISHED: dict[str, Published] = {
         "InfuseNet (Res18)", _KHOR, "au", 0.4230,
         _aus("0.6997 0.6804 0.7921 0.1929 0.1572 0.4438 0.3263 0.2987 0.3987 0.3523 0.2973 "
              "0.4364")),
+    "resnet18_mag_cd6me": Published(
+        "ResNet18 (Mag)", _KHOR, "au", 0.3243,
+        _aus("0.4739 0.4252 0.6276 0.1685 0.1321 0.3442 0.2291 0.1576 0.3230 0.3788 0.2338 "
+             "0.3979"),
+        note="FrameMag: the magnified latent in place of conv1's output; Table 2 reports "
+             "FrameMag at 0.2877"),
+    "late_fusion_cd6me": Published(
+        "ResNet18 (Late-fusion)", f"{_KHOR}; Table 2 (FrameFlow + FrameMag)", "au", 0.2937,
+        _aus("0.4820 0.4341 0.5962 0.1588 0.1454 0.3157 0.2161 0.1179 0.3020 0.3057 0.1467 "
+             "0.3033")),
+    "infusenet_image_cd6me": Published(
+        "InfuseNet (Res18), decoded magnified image", "Khor et al., SCIA 2025, Table 3", "au",
+        0.3758, note="FrameMag fed the decoded magnified apex instead of the latent; average only"),
+    "vit_tiny_flow_cd6me": Published(
+        "ViT-Tiny (OF)", _KHOR, "au", 0.4128,
+        _aus("0.6924 0.7353 0.7984 0.2129 0.1510 0.4785 0.2371 0.1987 0.3742 0.3877 0.2871 "
+             "0.3999"),
+        note="the paper cites TinyViT [26]; ours is timm's vit_tiny_patch16_224"),
+    "vit_tiny_mag_cd6me": Published(
+        "ViT-Tiny (Mag)", _KHOR, "au", 0.3088,
+        _aus("0.4942 0.4896 0.6469 0.1389 0.1620 0.3296 0.1941 0.1259 0.3041 0.3196 0.1723 "
+             "0.3281"),
+        note="how the latent enters a ViT is not published; ours: a patch-8 embedding"),
+    "infusenet_vit_cd6me": Published(
+        "InfuseNet (ViT-Tiny)", _KHOR, "au", 0.4172,
+        _aus("0.6951 0.7100 0.7743 0.1917 0.1734 0.4361 0.3227 0.2287 0.3892 0.3513 0.2902 "
+             "0.4431"),
+        note="infusion points in a ViT are not published; ours: after blocks 3, 6, 9, 12 and "
+             "the pooled class token"),
     "ac4au_cd6me": Published(
         "AC4AU", _AC4AU, "au", 0.40508,
         _aus("0.589 0.571 0.772 0.448 0.068 0.342 0.309 0.250 0.345 0.475 0.367 0.325")),

@@ -51,7 +51,13 @@ state-dict file, loaded into every stream), ``norm_scope`` (infusion normalisati
 InfuseNet's shared head, :meth:`~pipeline.models.infusenet.InfuseNet.forward_both`; default 0,
 the paper's loss is on InfuseNet's output only), ``augment.hflip`` (left–right mirror with
 u → −u; only for variants without a latent input: mirroring a latent map is not the latent of
-the mirrored face, the encoder's filters are not symmetric; the paper uses no augmentation).
+the mirrored face, the encoder's filters are not symmetric; the paper uses no augmentation),
+``flow_pair`` (flow.h5 dataset, default ``onset_apex``), ``image_magnifier`` (``oh`` |
+``stmemm``) and ``image_alpha`` (``infusenet_image``).  ``task`` must be ``au`` and ``protocol``
+``cd6me``.  A section is checked when the spec is built, before any data is read: sizes, keys,
+the weights file, and the network itself (built once on the ``meta`` device, no memory, no
+weights); every problem is a :class:`~pipeline.training.registry.MethodError` naming
+``methods.<name>``.
 
 The loss is the shared trainer's multi-label BCE over the 12 CD6ME AUs (the paper's "cross-entropy"
 on a multi-label output); Adam 1e-3 with ExponentialLR γ 0.9 for 50 epochs in the paper
@@ -165,7 +171,26 @@ def _config(name: str, params: Mapping[str, Any], size: int) -> InfuseNetConfig:
     if isinstance(model.get("pretrained"), str) and model["pretrained"].lower() in ("", "none"):
         model["pretrained"] = False
     try:
-        return InfuseNetConfig.from_mapping(model)
+        cfg = InfuseNetConfig.from_mapping(model)
+    except (TypeError, ValueError) as exc:
+        raise MethodError(f"methods.{name}: {exc}") from exc
+    pre = cfg.pretrained
+    if not isinstance(pre, bool | str):
+        raise MethodError(f"methods.{name}.pretrained must be false, true or the path of a local "
+                          f"state_dict file, got {pre!r}")
+    if isinstance(pre, str) and not Path(pre).is_file():
+        raise MethodError(f"methods.{name}.pretrained: {pre}: weights file not found (false: "
+                          "random init; true: ImageNet through torchvision/timm, a download)")
+    return cfg
+
+
+def _check_buildable(name: str, variant: str, cfg: InfuseNetConfig) -> None:
+    """Build the network once on the ``meta`` device (no memory, no weights) so that a section
+    the network rejects (norm scope, backbone, ViT sizes and blocks, latent channels) fails as a
+    :class:`MethodError` before any data is read."""
+    try:
+        with torch.device("meta"):
+            build_infusenet_variant(variant, dataclasses.replace(cfg, pretrained=False))
     except (TypeError, ValueError) as exc:
         raise MethodError(f"methods.{name}: {exc}") from exc
 
@@ -189,7 +214,11 @@ def _inputs(name: str, variant: str, params: Mapping[str, Any],
             if magnifier not in ("oh", "stmemm"):
                 raise MethodError(f"methods.{name}.image_magnifier must be oh or stmemm, "
                                   f"got {magnifier!r}")
-            ds = f"frames/{magnifier}/{alpha_tag(params.get('image_alpha', 10))}/apex"
+            alpha = params.get("image_alpha", 10)
+            if isinstance(alpha, bool) or not isinstance(alpha, int | float) or alpha <= 0:
+                raise MethodError(f"methods.{name}.image_alpha must be a positive number (a "
+                                  f"factor of magnify.frames.{magnifier}), got {alpha!r}")
+            ds = f"frames/{magnifier}/{alpha_tag(alpha)}/apex"
             specs.append(InputSpec("image", "magnified", ds, "image", size))
     return tuple(specs), kinds
 
@@ -213,14 +242,22 @@ def _infusenet(name: str, params: dict[str, Any]) -> MethodSpec:
                           f"got {variant!r}")
     task = str(params.get("task", "au"))
     protocol = str(params.get("protocol", "cd6me"))
-    size = int(params.get("input_size", 224))
-    cfg = _config(name, params, size)
-    inputs, kinds = _inputs(name, variant, params, size)
+    if task != "au":
+        raise MethodError(f"methods.{name}: InfuseNet detects the 12 CD6ME AUs (task: au), "
+                          f"got task {task!r}")
+    raw_size = params.get("input_size", 224)
+    if isinstance(raw_size, bool) or not isinstance(raw_size, int):
+        raise MethodError(f"methods.{name}.input_size must be an integer (pixels), "
+                          f"got {raw_size!r}")
+    size = int(raw_size)
     family, arch, _ = VARIANTS[variant]
     # validate sizes and settings now (a bad section fails before any data is read)
     if size < 16 or size % (16 if family == "vit" else 2):
         raise MethodError(f"methods.{name}.input_size must be even (ViT: a multiple of 16) and "
                           f">= 16 px, got {size}")
+    cfg = _config(name, params, size)
+    _check_buildable(name, variant, cfg)
+    inputs, kinds = _inputs(name, variant, params, size)
 
     aux = float(params.get("aux_flow_loss", 0.0) or 0.0)
     if aux < 0:
@@ -453,7 +490,10 @@ def render_gradcam_figure(columns: Sequence[GradcamColumn], params: Mapping[str,
     those of :func:`pipeline.models.gradcam.gradcam_maps` (grad-cam library), drawn over the
     apex crop (``faces.h5`` ``crop{S}/apex``, S the flow cache's side) with
     :func:`pipeline.models.gradcam.save_gradcam_figure`.  Every network is the checkpoint of
-    the same fold, so every sample shown is a test sample for all of them.
+    the same fold, so every sample shown is a test sample for all of them.  Each overlay is
+    labelled with the network's probability of the AU; "map 0" marks a map that is zero
+    everywhere (Grad-CAM keeps positive evidence only: a network that sees none for the AU there
+    has an empty map).
 
     Parameters
     ----------
@@ -525,12 +565,14 @@ def render_gradcam_figure(columns: Sequence[GradcamColumn], params: Mapping[str,
     labels = []
     for r, sid in enumerate(ids):
         present = "present" if int(table.loc[rows[r], au]) else "absent"
-        p = " ".join(f"{t[:2]} {probs[t][r]:.2f}" for t in probs)
-        labels.append(f"{sid}\n{au} {present}\np: {p}")
+        labels.append(f"{sid}\n{au} {present}")
+    cells = {t: [f"p({au}) {v:.2f}" + ("" if maps[t][r].any() else ", map 0")
+                 for r, v in enumerate(probs[t])] for t in probs}
     standin = data_label.startswith("standin")
     title = (f"Grad-CAM of the {au} logit, test samples of fold {fold}"
              + (f" — STAND-IN DATA ({data_label})" if standin else
                 (f" — {data_label}" if data_label else "")))
-    save_gradcam_figure(out_path, backgrounds, maps, row_labels=labels, title=title)
+    save_gradcam_figure(out_path, backgrounds, maps, row_labels=labels, cell_labels=cells,
+                        title=title)
     log.info("gradcam: %s for %d samples of fold %s → %s", au, len(ids), fold, out_path)
     return {"au": au, "fold": fold, "samples": ids, "probabilities": probs}
