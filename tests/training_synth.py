@@ -1,9 +1,15 @@
-"""Synthetic ``samples.csv`` + ``flow.h5`` for the training tests (no stand-in, no faces needed).
+"""Synthetic ``samples.csv`` + ``flow.h5`` (+ ``faces.h5``) for the training tests (no stand-in).
 
 Every AU of a sample adds a smooth displacement blob at its own place and direction on an S×S
 grid (AU1 inner brows up, AU12 lip corners up and out, …, loosely placed), with random amplitude,
 plus noise; the strain channel is the magnitude's gradient.  Emotion labels follow from the AU set
 with simple FACS-style rules, so both protocols are learnable but not trivial.
+
+:func:`build_faces` adds a ``faces.h5`` with only the onset→offset sequences ``seq{S}/frames``
+(the input of apex-free methods such as AC4AU): a grey face-like background whose brightness and
+offset depend on the subject (a static, identity-like component), on which every AU of the sample
+draws a bright blob at its place whose intensity rises and falls over the l frames (the dynamic
+component).
 """
 
 from __future__ import annotations
@@ -67,6 +73,52 @@ def flow_image(aus: set[str], size: int, rng: np.random.Generator, noise: float 
     vy, vx = np.gradient(v)
     strain = np.sqrt(ux ** 2 + vy ** 2 + 0.5 * (uy + vx) ** 2)
     return np.stack([u, v, strain], axis=-1).astype(np.float32)
+
+
+def sequence_frames(aus: set[str], length: int, size: int, subject_level: float,
+                    rng: np.random.Generator, noise: float = 4.0) -> np.ndarray:
+    """One synthetic onset→offset sequence ``(length, size, size, 3)`` uint8 (module docstring).
+
+    ``subject_level`` in [0, 1] sets the static background brightness (the subject's "face").
+    """
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    face = 80.0 + 80.0 * subject_level - 40.0 * ((xx - 0.5) ** 2 + (yy - 0.5) ** 2)
+    t = np.linspace(0.0, 1.0, length, dtype=np.float32)
+    rise = np.sin(np.pi * t)  # onset 0 → apex 1 → offset 0
+    frames = np.repeat(face[None], length, axis=0)
+    for au in aus:
+        (cx, cy), _ = AU_BLOBS[au]
+        amp = float(rng.uniform(40.0, 80.0))
+        g = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * 0.08 ** 2)).astype(np.float32)
+        frames += amp * rise[:, None, None] * g[None]
+    frames = frames[..., None] + rng.normal(0.0, noise, (length, size, size, 3))
+    return np.clip(np.rint(frames), 0, 255).astype(np.uint8)
+
+
+def build_faces(csv: Path, feats: Path, length: int = 4, size: int = 32, seed: int = 0,
+                drop: int = 0) -> Path:
+    """Write ``feats/faces.h5`` (schema ``faces``, only ``seq{size}/frames``) for ``samples.csv``.
+
+    The AU set of each sample is read back from its 0/1 columns (SMIC rows carry none).  ``drop``
+    leaves that many samples out (every k-th, a failed upstream sample).  Returns the path.
+    """
+    samples = pd.read_csv(csv, dtype={"subject": str}, keep_default_na=False)
+    rng = np.random.default_rng(seed)
+    subjects = sorted(set(samples["database"] + "/" + samples["subject"]))
+    level = {s: i / max(1, len(subjects) - 1) for i, s in enumerate(subjects)}
+    step = max(1, len(samples) // max(drop, 1))
+    dropped = set(samples["sample_id"].iloc[::step].iloc[:drop]) if drop else set()
+    path = feats / "faces.h5"
+    with CacheWriter(path, "faces", {"sequence_length": length, "sequence_size": size,
+                                     "synthetic": True}) as w:
+        for _, row in samples.iterrows():
+            if row["sample_id"] in dropped:
+                continue
+            aus = {au for au in CD6ME_AUS if int(row[au])}
+            frames = sequence_frames(aus, length, size,
+                                     level[f"{row['database']}/{row['subject']}"], rng)
+            w.append(row["sample_id"], {f"seq{size}/frames": frames})
+    return path
 
 
 def build(root: Path, n_subjects: int = 4, per_subject: int = 6, size: int = 32,

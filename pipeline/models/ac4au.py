@@ -48,6 +48,7 @@ Ablations of Table 2: ``use_frd=False`` (no decomposition: T runs on F, no DC, n
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -710,6 +711,19 @@ def ac4au_config(cfg: Mapping[str, Any] | None = None, profile: str = "paper") -
         raise ValueError(f"loss must be 'focal' or 'bce', got {out['loss']!r}")
     if out["mixing"] not in ("probability", "logit"):
         raise ValueError(f"mixing must be 'probability' or 'logit', got {out['mixing']!r}")
+    for key in ("use_frd", "use_auser", "temporal_pos_embed", "pretrained_strict"):
+        if not isinstance(out[key], bool):  # "false" from a hand-edited file must not be truthy
+            raise ValueError(f"{key} must be true or false, got {out[key]!r}")
+    for key in ("gamma", "focal_gamma", "arcface_scale", "arcface_margin", "dropout"):
+        value = out[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ValueError(f"{key} must be a number >= 0, got {value!r}")
+    for key in ("sequence_length", "input_size", "embedding_dim", "n_experts", "spatial_heads",
+                "temporal_heads", "spatial_layers", "temporal_layers"):
+        if isinstance(out[key], bool) or not isinstance(out[key], int) or out[key] < 1:
+            raise ValueError(f"{key} must be an integer >= 1, got {out[key]!r}")
+    if out["pretrained"] is not None and not isinstance(out["pretrained"], str | os.PathLike):
+        raise ValueError(f"pretrained must be a path or null, got {out['pretrained']!r}")
     return out
 
 

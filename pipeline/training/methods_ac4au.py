@@ -43,7 +43,9 @@ trainer keys — epochs, batch_size, optimizer, scheduler, … — of :mod:`pipe
     left out take the paper's values.  An unknown key is an error.
 
 Ablations of the paper's Table 2 and Table 3 are ``dvc exp run -S methods.ac4au.model.<key>=…``
-away (README, "AC4AU"); their published numbers are :data:`pipeline.reporting.published.ABLATIONS`.
+away (README, "AC4AU"); their published numbers are the ``ac4au_*_cd6me`` entries of
+:data:`pipeline.reporting.published.PUBLISHED` (``-S methods.ac4au.published=<key>`` puts the
+matching one beside the run in the report).
 """
 
 from __future__ import annotations
@@ -285,7 +287,10 @@ def _ac4au(name: str, params: dict[str, Any]) -> MethodSpec:
         raise MethodError(f"methods.{name}.model.input_size must be a positive multiple of 16 "
                           f"(MobileFaceNet's stride), got {size}")
     source = f"faces.h5 {dataset}"
-    augment = build_sequence_augment(cfg, "paper")
+    try:
+        augment = build_sequence_augment(cfg, "paper")
+    except ValueError as exc:
+        raise MethodError(f"methods.{name}.model.augment: {exc}") from exc
 
     def prep(frames: np.ndarray) -> np.ndarray:
         return prepare_sequence(frames, length, size, source)
