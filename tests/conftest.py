@@ -4,6 +4,11 @@
 else from the workplace's ``../shared`` folder beside the repository.  When neither exists the
 tests that need them are skipped on a developer machine and fail on CI (``CI=true``), where they
 must run.
+
+Every test runs torch on one intra-op thread (``_one_torch_thread``): the tensors are small, the
+results do not depend on the machine's core count, and two threads oversubscribe a busy 2-core
+machine badly (up to 10x slower steps measured).  Stages a test runs in a subprocess keep their
+own setting.
 """
 
 from __future__ import annotations
@@ -14,6 +19,16 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _external(env_var: str, shared_rel: str) -> Path:

@@ -42,14 +42,6 @@ TINY = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The tensors here are tiny: one intra-op thread is faster and spares the shared cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def tiny(**overrides) -> AC4AU:
     torch.manual_seed(0)

@@ -31,14 +31,6 @@ S = 64  # flow / image side (px) in these tests; the latent is S/2
 B = 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on the shared 2-core machine two threads oversubscribe badly."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(autouse=True)
 def _seed() -> None:

@@ -36,14 +36,6 @@ TINY_ST = {"dim": 8, "encoder_depths": [1], "decoder_depths": [1], "num_heads": 
            "window_size": 4}
 
 
-@pytest.fixture
-def one_thread():
-    """Train single-threaded (OpenMP oversubscription on busy cores), then restore."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def procedural_bank() -> TextureBank:
@@ -139,7 +131,7 @@ def test_model_range_round_trip():
         to_model_range(np.zeros((2, 8, 8), np.uint8))
 
 
-def test_trained_tiny_oh_reconstructs_frame_b_at_alpha_one(procedural_bank, one_thread):
+def test_trained_tiny_oh_reconstructs_frame_b_at_alpha_one(procedural_bank):
     cfg = SyntheticConfig(size=32, max_magnified_motion=4.0, photo_share=0.0, max_objects=1,
                           noise_max=0.0, color_perturb=False)
     pairs = SyntheticPairs(procedural_bank, cfg, seed=5)

@@ -46,14 +46,6 @@ AU_KEYS = {"task", "protocol", "data", "f1_mean", "f1_per_au", "f1_per_database"
 TWO_DBS = ("casme2", "samm")  # the cheap runs: two leave-one-database-out folds
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on the shared 2-core machine two threads oversubscribe badly."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):

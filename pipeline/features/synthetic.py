@@ -19,8 +19,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-CD6ME_AUS = ("AU1", "AU2", "AU4", "AU5", "AU6", "AU7", "AU9", "AU10", "AU12", "AU14", "AU15",
-             "AU17")
+from pipeline.databases.aus import CD6ME_AU_COLUMNS as CD6ME_AUS
 
 
 def load_photo(path: str | os.PathLike, size: int) -> np.ndarray:

@@ -59,14 +59,13 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torchvision.transforms.v2 import functional as TF
 
+from pipeline.databases.aus import CD6ME_AU_COLUMNS
 from pipeline.models.mobilefacenet import MobileFaceNet, load_backbone_weights
 
 log = logging.getLogger(__name__)
 
 #: The 12 CD6ME AUs, in the order of the label columns and of the network's outputs.
-CD6ME_AUS: tuple[str, ...] = (
-    "AU1", "AU2", "AU4", "AU5", "AU6", "AU7", "AU9", "AU10", "AU12", "AU14", "AU15", "AU17",
-)
+CD6ME_AUS: tuple[str, ...] = CD6ME_AU_COLUMNS
 
 
 # --------------------------------------------------------------------------------------------

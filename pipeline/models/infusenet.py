@@ -65,6 +65,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pipeline.databases.aus import CD6ME_AU_COLUMNS
 from pipeline.models.backbones import backbone_family, build_backbone, feature_dim
 
 log = logging.getLogger(__name__)
@@ -86,9 +87,7 @@ __all__ = [
 ]
 
 #: The 12 CD6ME action units, in the order of the logits (Varanka et al. 2023; InfuseNet Table 1).
-CD6ME_AUS: tuple[str, ...] = (
-    "AU1", "AU2", "AU4", "AU5", "AU6", "AU7", "AU9", "AU10", "AU12", "AU14", "AU15", "AU17",
-)  # fmt: skip
+CD6ME_AUS: tuple[str, ...] = CD6ME_AU_COLUMNS
 
 NORM_SCOPES: tuple[str, ...] = ("tensor", "sample", "channel")
 

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from pipeline.databases.aus import CD6ME_AU_COLUMNS
+
 log = logging.getLogger("protocols")
 
 __all__ = [
@@ -49,9 +51,7 @@ __all__ = [
 ]
 
 #: The 12 CD6ME action units, in the column order of ``samples.csv`` and of every output.
-CD6ME_AUS: tuple[str, ...] = (
-    "AU1", "AU2", "AU4", "AU5", "AU6", "AU7", "AU9", "AU10", "AU12", "AU14", "AU15", "AU17",
-)
+CD6ME_AUS: tuple[str, ...] = CD6ME_AU_COLUMNS
 
 #: The six CD6ME databases (one leave-one-database-out fold each).
 CD6ME_DATABASES: tuple[str, ...] = ("casme", "casme2", "samm", "fourd", "mmew", "casme3a")
