@@ -6,6 +6,7 @@ import functools
 import hashlib
 import http.server
 import threading
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -13,7 +14,9 @@ import pytest
 
 from pipeline import assets, params
 from pipeline.features.cache import CacheDataset, CacheError, CacheWriter, FeatureCache
-from pipeline.io import atomic_dir, atomic_path, read_json, write_json
+from pipeline.io import atomic_dir, atomic_path, read_json, remove_stale_temporaries, write_json
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_paper_block_overrides_only_with_paper_config(tmp_path):
@@ -72,6 +75,43 @@ def test_atomic_dir_swaps_whole_folder(tmp_path):
         (tmp / "new.txt").write_text("y")
     assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["db"]
+
+
+def test_temporaries_of_killed_processes_are_removed_by_the_next_write(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from pipeline.io import _tmp_prefix
+
+    # a process that made its temporaries and was killed before it could remove them
+    code = ("import sys, time; from pathlib import Path; from pipeline.io import atomic_dir, "
+            "atomic_path\n"
+            "d = Path(sys.argv[1])\n"
+            "with atomic_path(d / 'out.h5', suffix='.h5') as t, atomic_dir(d / 'folder') as f:\n"
+            "    t.write_text('partial'); (f / 'x').write_text('partial'); print('ready', flush=True)"
+            "; time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE,
+                            cwd=REPO)
+    assert proc.stdout.readline().strip() == b"ready"
+    proc.kill()
+    proc.wait(30)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert len(left) == 2 and all(n.startswith((".out.h5.tmp-", ".folder.tmp-")) for n in left)
+    # a live process's temporary (ours) and another output's are left alone
+    mine = tmp_path / f"{_tmp_prefix(tmp_path / 'out.h5')}live.h5"
+    mine.write_text("in use")
+    other = tmp_path / ".other.h5.tmp-elsewhere-1-x.h5"
+    other.write_text("another host")
+    with atomic_path(tmp_path / "out.h5") as tmp:
+        tmp.write_text("complete")
+    stale_folder = list(tmp_path.glob(".folder.tmp-*"))
+    assert len(stale_folder) == 1
+    assert remove_stale_temporaries(tmp_path / "folder") == stale_folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [mine.name, other.name, "out.h5"])
+    assert (tmp_path / "out.h5").read_text() == "complete"
+    assert os.getpid() == int(mine.name.split("-")[-2])
 
 
 def test_write_json_maps_nonfinite_to_null(tmp_path):

@@ -402,6 +402,9 @@ def test_killed_flow_stage_leaves_no_file_and_rerun_matches(flow_run, faces_run,
     proc, chunks = _start_stage("flow", args, ROOT)
     assert proc.wait(300) == 0, b"".join(chunks).decode(errors="replace")
     _assert_same_files(flow_run["h5"], out)
+    # ... and the killed run's temporary file is gone (removed by the re-run, which logs it)
+    assert list(out.parent.glob(".flow.h5.*")) == []
+    assert "left by process" in b"".join(chunks).decode(errors="replace")
 
 
 # ---------------------------------------------------------------------------------------------
