@@ -61,9 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     write_index(result, args.out)
     for r in result.results:
         s = r.summary()
-        log.info("%s: %d rows -> %d kept (%d fixed, %d with unreadable cells), %d dropped, "
-                 "%d filtered [%s]", r.database, s["rows"], s["kept"], s["fixed"],
-                 s["unreadable"], s["dropped"], s["filtered"], r.spreadsheet.name)
+        log.info("%s: %d rows -> %d kept (%d fixed, %d with unreadable cells, %d noted), "
+                 "%d dropped, %d filtered [%s]", r.database, s["rows"], s["kept"], s["fixed"],
+                 s["unreadable"], s["noted"], s["dropped"], s["filtered"], r.spreadsheet.name)
     log.info("wrote %s: %d samples, %d AU columns, %d issues", args.out, len(result.samples),
              sum(c.startswith("AU") for c in result.samples.columns), len(result.issues))
     return 0

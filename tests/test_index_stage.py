@@ -91,8 +91,8 @@ def test_build_index_table(tmp_path):
     assert df.groupby("database").size().to_dict() == {
         "casme": 4, "casme2": 6, "samm": 5, "mmew": 3, "fourd": 4, "casme3a": 4, "smic": 3}
     assert list(result.summary) == list(KEYS)
-    assert result.summary["casme3a"] == {"rows": 6, "kept": 4, "fixed": 0, "dropped": 1,
-                                         "filtered": 1, "unreadable": 0}
+    assert result.summary["casme3a"] == {"rows": 5, "kept": 4, "fixed": 0, "dropped": 1,
+                                         "filtered": 0, "unreadable": 0, "noted": 0}
     assert sum(s["dropped"] for s in result.summary.values()) == 8
     assert len(result.issues) == 21
     assert list(result.issues.columns) == list(ISSUE_COLUMNS)
@@ -192,8 +192,8 @@ def test_stage_main(tmp_path, capsys):
                        "--out", str(out)]) == 0
     assert len(load_samples(out)) == 11
     lines = capsys.readouterr().err.splitlines()  # the stage logs to stderr
-    assert "index: casme2: 8 rows -> 6 kept (3 fixed, 0 with unreadable cells), 2 dropped, 0 filtered " \
-           "[CASME2-coding-20140508.xlsx]" in lines
+    assert "index: casme2: 8 rows -> 6 kept (3 fixed, 0 with unreadable cells, 0 noted), 2 " \
+           "dropped, 0 filtered [CASME2-coding-20140508.xlsx]" in lines
     assert any(line.startswith("index: samm: 6 rows -> 5 kept") for line in lines)
 
 

@@ -7,12 +7,15 @@
   :data:`BASE_COLUMNS`, then the label columns (the 12 CD6ME AUs ``AU1 AU2 AU4 AU5 AU6 AU7 AU9
   AU10 AU12 AU14 AU15 AU17``, then every other AU labelled present in any kept sample,
   ascending; int 0/1), then :data:`EMOTION_COLUMNS`.
-* ``issues.csv`` — every row a reader fixed, dropped or could not fully read
-  (:data:`ISSUE_COLUMNS`; ``action`` is ``fixed``, ``dropped`` or ``unreadable``).
+* ``issues.csv`` — every row a reader corrected, fixed, dropped, could not fully read or found
+  implausible (:data:`ISSUE_COLUMNS`; ``action`` is ``fixed`` — corrections-table entries
+  included, problem ``<field> corrected`` —, ``dropped``, ``unreadable`` or ``noted``: kept
+  unchanged, e.g. longer than a micro-expression usually lasts).
 * ``summary.json`` — ``{database: {"rows", "kept", "fixed", "dropped", "filtered",
-  "unreadable"}}`` in the configured order: ``rows = kept + dropped + filtered`` (non-blank data
-  rows); ``filtered`` counts rows left out by design (CAS(ME)^3 rows that are not
-  micro-expressions); ``fixed`` / ``unreadable`` count kept samples with such an issue.
+  "unreadable", "noted"}}`` in the configured order: ``rows = kept + dropped + filtered``
+  (non-blank data rows); ``filtered`` counts rows left out by design (CAS(ME)^3 rows that are not
+  micro-expressions); ``fixed`` / ``unreadable`` / ``noted`` count kept samples with such an
+  issue.
 
 Every configured database is validated (root, annotation file, columns, frame tree) before any
 row is read, so a misconfigured database stops the stage at once with one message listing every
@@ -62,7 +65,8 @@ EMOTION_COLUMNS: tuple[str, ...] = ("emotion", "emotion5", "emotion3")
 ISSUE_COLUMNS: tuple[str, ...] = ("database", "row", "file", "sample_id", "problem", "action",
                                   "detail")
 #: Keys of each database's entry in ``summary.json``.
-SUMMARY_KEYS: tuple[str, ...] = ("rows", "kept", "fixed", "dropped", "filtered", "unreadable")
+SUMMARY_KEYS: tuple[str, ...] = ("rows", "kept", "fixed", "dropped", "filtered", "unreadable",
+                                 "noted")
 _INT_COLUMNS = ("row", "onset", "apex", "offset", "n_frames")
 #: Separator of the frame file names in the ``frames`` column.
 FRAME_SEPARATOR = "|"

@@ -45,6 +45,7 @@ class SammReader(DatabaseReader):
     spreadsheets = ("SAMM_Micro_FACS_Codes_v2.xlsx",)
     frames_folder = "SAMM"
     layout = "SAMM/{Subject:03d}/{Filename}/"
+    fps = 200
     columns = {
         "subject": ("Subject",),
         "material": ("Filename",),
