@@ -5,11 +5,22 @@ A reader (one subclass of :class:`DatabaseReader` per database, after the one-cl
 design of the CD6ME reference tooling ``meb``, Varanka et al., IEEE TAFFC 2024) declares its
 release layout — the annotation file name(s), the header names of the columns it uses, the frame
 tree — and overrides a few hooks for its quirks.  Unlike ``meb``, which hard-codes corrections of
-individual rows and prints, a reader here applies general rules and reports each application as an
-:class:`Issue` (``fixed``, ``dropped`` or ``unreadable``), so that the same code runs on the real
-releases and on the stand-in, and nothing disappears unnoticed.
+individual rows and prints, a reader here keeps such per-row facts as data and applies general
+rules, and reports each application as an :class:`Issue` (``fixed``, ``dropped``, ``unreadable``
+or ``noted``), so that the same code runs on the real releases and on the stand-in, and nothing
+disappears unnoticed.
 
-Rules every reader applies (DATASETS.md, "Per database"):
+First, the **corrections table** of the database (``corrections/<key>.csv`` beside the readers,
+:func:`load_corrections`): known fixes of single cells of a named release file — the CD6ME
+benchmark's choice for ``or`` AU cells, typo'd offsets, reversed onset/offset, apexes it measured
+— each row naming the file, row, subject, file name, field, old value, new value and its source
+(the reference tooling's file and line, or the database's errata).  A correction is applied only
+when the row holds the subject, file name and old value it names (recorded ``fixed``, problem
+``<field> corrected``); one that does not fit is recorded (``unreadable``, "correction not
+applied") and the general rules apply; a file that fits none of its table's rows (another
+revision, the stand-in) gets none.
+
+Then the rules every reader applies (DATASETS.md, "Per database"):
 
 * **Frames.** A sample's folder is listed for ``.jpg``/``.jpeg``/``.bmp``/``.png`` files (any case;
   hidden files such as macOS ``._img1.jpg`` are skipped).  A frame's number is the last run of
@@ -21,6 +32,11 @@ Rules every reader applies (DATASETS.md, "Per database"):
   image files without a digit are ignored (``fixed``).
 * **Onset / offset.** A missing, ``/`` or non-integral cell, or an offset before the onset, makes
   the row unusable (``dropped``): no rule recovers the extent of the movement.
+* **Duration** (plausibility): at the release's frame rate (:attr:`DatabaseReader.fps`), a row
+  longer than :data:`MAX_DURATION_S` (60 s) is dropped — a typo in a frame number, not a facial
+  movement — and one longer than :data:`ME_DURATION_LIMIT_S` (1 s, twice the usual 0.5 s limit of
+  a micro-expression) is kept as annotated and recorded (``noted``), as the CD6ME benchmark keeps
+  it.
 * **Apex.** A missing, ``/`` or non-integral apex, or one outside [onset, offset], is set to the
   middle frame ``onset + (offset − onset) // 2`` (``fixed``) — the rule the protocols use for the
   apex-free SMIC, and the frame that is, on average, nearest the true apex.  Clamping into the
