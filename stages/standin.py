@@ -14,7 +14,7 @@ import logging
 import time
 from pathlib import Path
 
-from pipeline.io import atomic_dir, setup_logging
+from pipeline.io import atomic_dir, start_stage
 from pipeline.params import load, section
 from pipeline.standin import build_standin
 
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml", help="parameter file (default: %(default)s)")
     args = parser.parse_args(argv)
-    setup_logging()
+    start_stage("standin")
     params = load(args.params)
     p = section("standin", params)
     seed = p.get("seed")

@@ -235,7 +235,7 @@ def stage_cli(stage: str, description: str, inputs: Mapping[str, str],
 
     from pipeline.assets import AssetError
     from pipeline.features.cache import CacheError
-    from pipeline.io import setup_logging
+    from pipeline.io import start_stage
     from pipeline.params import ParamsError, load
 
     defaults = {**inputs, "out": f"data/features/{stage}.h5",
@@ -245,7 +245,7 @@ def stage_cli(stage: str, description: str, inputs: Mapping[str, str],
     for name, default in defaults.items():
         ap.add_argument(f"--{name}", default=default, help=f"(default: {default})")
     args = vars(ap.parse_args(argv))
-    setup_logging()
+    start_stage(stage)
     log = logging.getLogger(stage)
     signal.signal(signal.SIGTERM, _terminate)
     try:
