@@ -174,7 +174,7 @@ SECTIONS: dict[str, Key] = {
         "databases": List(Str(choices=DATABASES)),
     }),
     "standin": Map({
-        "profile": Str("quick", choices=("quick", "full")),
+        "profile": Str("quick", choices=("quick", "full", "tiny")),
         "seed": Int(None, min=0, nullable=True),
         "faces_dir": PATH, "landmarker_model": PATH,
         "n_jobs": Int(-1), "out": Str("data/standin", what="a path"),

@@ -147,7 +147,8 @@ def test_all_databases_are_checked_before_any_row_is_read(tmp_path, monkeypatch)
 def test_write_and_load_round_trip(tmp_path):
     result = build_index(build_all(tmp_path / "raw"), LENIENT)
     out = write_index(result, tmp_path / "index")
-    assert sorted(p.name for p in out.iterdir()) == ["issues.csv", "samples.csv", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["frames.csv", "issues.csv", "samples.csv",
+                                                     "summary.json"]
     df = load_samples(out)
     pd.testing.assert_frame_equal(df, result.samples, check_dtype=False)
     assert df["subject"][df.database == "samm"].tolist() == ["006", "006", "007", "007", "007"]

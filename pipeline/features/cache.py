@@ -6,11 +6,16 @@ Layout (docs/internals.md): root attributes ``schema`` (name), ``schema_version`
 axis first, ``(N, ...)``, chunked one sample per chunk so that a batch reads only its samples.
 
 A file is written under a temporary name and renamed into place when complete, so an interrupted
-stage never leaves a file that looks finished.
+stage never leaves a file that looks finished.  HDF5 writes through :class:`_GuardedFile`: the
+first write error (disk full, I/O error) is kept and raised by the next :meth:`CacheWriter.append`
+or by :meth:`CacheWriter.close` as one ``OSError`` naming the file, and every later write is
+dropped, so that HDF5 neither prints thousands of "Can't decrement id ref count" errors nor
+crashes while closing a file it could not flush; the temporary file is then removed.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -30,6 +35,44 @@ _STR = h5py.string_dtype("utf-8")
 
 class CacheError(RuntimeError):
     """A feature cache is missing, of another schema or version, or inconsistent."""
+
+
+class _GuardedFile(io.FileIO):
+    """A writable file for h5py's ``fileobj`` driver that records its first write error.
+
+    After an ``OSError`` (kept in :attr:`error`, with the file name) writes are accepted and
+    dropped: the file is discarded anyway, and HDF5 can close it without failing.
+    """
+
+    error: OSError | None = None
+
+    def write(self, data: Any) -> int:  # type: ignore[override]
+        view = memoryview(data).cast("B")
+        if self.error is not None:
+            return view.nbytes
+        done = 0
+        try:
+            while done < view.nbytes:
+                n = super().write(view[done:])
+                if not n:
+                    raise OSError(28, "No space left on device")
+                done += n
+        except OSError as exc:
+            self.error = OSError(exc.errno, exc.strerror or str(exc), self.name)
+        return view.nbytes
+
+    def truncate(self, size: int | None = None) -> int:
+        if self.error is not None:
+            return self.tell() if size is None else size
+        try:
+            return super().truncate(size)
+        except OSError as exc:
+            self.error = OSError(exc.errno, exc.strerror or str(exc), self.name)
+            return self.tell() if size is None else size
+
+    def flush(self) -> None:
+        if self.error is None:
+            super().flush()
 
 
 class CacheWriter:
@@ -63,7 +106,12 @@ class CacheWriter:
         self._compression_opts = compression_opts if compression == "gzip" else None
         self._ctx = atomic_path(self.path, suffix=".h5")
         self._tmp = self._ctx.__enter__()
-        self._h5 = h5py.File(self._tmp, "w", track_order=True)
+        try:
+            self._fh = _GuardedFile(self._tmp, "w+b")
+            self._h5 = h5py.File(self._fh, "w", track_order=True)
+        except BaseException:
+            self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
+            raise
         self._ids: list[str] = []
         self._idset: set[str] = set()
         self._names: list[str] | None = None
@@ -77,7 +125,10 @@ class CacheWriter:
         ------
         ValueError
             On a repeated sample id, or names / shapes / dtypes differing from the first sample.
+        OSError
+            When writing the file failed (disk full, I/O error), naming the temporary file.
         """
+        self._raise_write_error()
         if sample_id in self._idset:
             raise ValueError(f"{self.path}: sample {sample_id!r} appended twice")
         names = sorted(arrays)
@@ -117,14 +168,27 @@ class CacheWriter:
         h5.attrs["params"] = json.dumps(self.params, sort_keys=True)
         h5.attrs["created_by"] = "mer-pipeline"
         h5.close()
+        self._fh.close()
+        if self._fh.error is not None:
+            self.abort()
+            self._raise_write_error()
         self._ctx.__exit__(None, None, None)
+
+    def _raise_write_error(self) -> None:
+        err = self._fh.error
+        if err is not None:
+            raise OSError(err.errno, err.strerror, str(self.path))
 
     def abort(self) -> None:
         """Discard the temporary file; the final path is left as it was."""
         try:
-            self._h5.close()
+            if self._h5.id.valid:
+                self._h5.close()
         finally:
-            self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
+            try:
+                self._fh.close()
+            finally:
+                self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
 
     def __enter__(self) -> CacheWriter:
         return self
