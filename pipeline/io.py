@@ -59,14 +59,60 @@ def describe_os_error(exc: OSError) -> str:
     return f"{path}: {cause}" if path else cause
 
 
+#: Signals received by the handlers of :func:`start_stage` (SIGINT, SIGTERM).
+_signals: list[int] = []
+
+
+_deferred = [0]
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    # Raised at once, unless inside defer_signals() (HDF5 writes: an exception raised inside an
+    # HDF5 callback is dropped there and may crash the library); raise_pending_signal raises it
+    # again afterwards.
+    _signals.append(signum)
+    if not _deferred[0]:
+        _raise_for(signum)
+
+
+@contextlib.contextmanager
+def defer_signals() -> Iterator[None]:
+    """Hold SIGINT / SIGTERM (from :func:`start_stage`'s handlers) until the block ends, then
+    raise them (:func:`raise_pending_signal`).  For code that must not be interrupted between
+    two bytecodes, such as the write callbacks of an HDF5 file."""
+    _deferred[0] += 1
+    try:
+        yield
+    finally:
+        _deferred[0] -= 1
+    if not _deferred[0]:
+        raise_pending_signal()
+
+
+def _raise_for(signum: int) -> None:
+    import signal
+
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise SystemExit(128 + signum)
+
+
+def raise_pending_signal() -> None:
+    """Raise again a SIGINT (``KeyboardInterrupt``) or SIGTERM (``SystemExit(143)``) received
+    since :func:`start_stage`; long loops call it once per item."""
+    if _signals:
+        _raise_for(_signals[0])
+
+
 def start_stage(name: str) -> logging.Logger:
     """What every stage does first: one-line logging, the sweep of stale temporaries
     (:func:`sweep_stale_temporaries`), and one-line failures for what a user can fix.
 
     An uncaught ``KeyboardInterrupt`` (Ctrl-C) prints ``<name>: interrupted`` and the process
     exits with status 130; an uncaught ``OSError`` prints :func:`describe_os_error` (exit 1);
-    other exceptions keep their traceback (they are bugs).  The temporaries of the stage are
-    removed by the ``finally`` blocks of :func:`atomic_path` / :func:`atomic_dir` on the way out.
+    other exceptions keep their traceback (they are bugs).  A SIGTERM ends the stage with status
+    143.  The temporaries of the stage are removed by the ``finally`` blocks of
+    :func:`atomic_path` / :func:`atomic_dir` on the way out.
 
     Returns
     -------
@@ -100,6 +146,18 @@ def start_stage(name: str) -> logging.Logger:
         previous(kind, exc, tb)
 
     sys.excepthook = hook
+    previous_unraisable = sys.unraisablehook
+
+    def unraisable(info: Any) -> None:
+        if isinstance(info.exc_value, KeyboardInterrupt | SystemExit) and _signals:
+            return  # recorded; raised again by raise_pending_signal
+        previous_unraisable(info)
+
+    sys.unraisablehook = unraisable
+    import signal
+
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
     return stage_log
 
 
@@ -224,6 +282,17 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
 
 
 @contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """An ``OSError`` without a file name (pandas, json writers) gets the output's path."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary file path beside ``path``; move it onto ``path`` if the block succeeds.
 
@@ -236,7 +305,8 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
+        with _naming(path):
+            yield tmp_path
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp creates 0600; outputs get the usual mode
         os.replace(tmp_path, path)
     finally:
@@ -261,7 +331,8 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     remove_stale_temporaries(path)
     tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), dir=path.parent))
     try:
-        yield tmp
+        with _naming(path):
+            yield tmp
         os.chmod(tmp, 0o777 & ~_umask())
         old = None
         if path.exists():

@@ -232,8 +232,11 @@ def test_dvc_repro_index(tmp_path):
         pytest.skip(f"no dvc executable beside {sys.executable}")
     repo = tmp_path / "repo"
     (repo / "pipeline").mkdir(parents=True)
-    for name in ("__init__.py", "params.py", "io.py"):
+    for name in ("__init__.py", "params.py", "params_schema.py", "io.py"):
         shutil.copy(PROJECT / "pipeline" / name, repo / "pipeline" / name)
+    (repo / "pipeline" / "training").mkdir()
+    for name in ("__init__.py", "families.py"):  # the method families' params schema
+        shutil.copy(PROJECT / "pipeline" / "training" / name, repo / "pipeline" / "training" / name)
     shutil.copytree(PROJECT / "pipeline" / "databases", repo / "pipeline" / "databases",
                     ignore=shutil.ignore_patterns("__pycache__"))
     (repo / "stages").mkdir()

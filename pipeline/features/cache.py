@@ -25,7 +25,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from pipeline.io import atomic_path
+from pipeline.io import atomic_path, defer_signals
 
 #: Current version of each cache schema; bump when a layout changes.
 SCHEMA_VERSIONS: dict[str, int] = {"faces": 1, "flow": 1, "patches": 1, "magnified": 1}
@@ -45,20 +45,25 @@ class _GuardedFile(io.FileIO):
     """
 
     error: OSError | None = None
+    _raw_write = io.FileIO.write  # (tests replace it to inject a full disk)
 
     def write(self, data: Any) -> int:  # type: ignore[override]
         view = memoryview(data).cast("B")
         if self.error is not None:
             return view.nbytes
         done = 0
-        try:
-            while done < view.nbytes:
-                n = super().write(view[done:])
+        while done < view.nbytes:
+            try:
+                n = self._raw_write(view[done:])
                 if not n:
                     raise OSError(28, "No space left on device")
                 done += n
-        except OSError as exc:
-            self.error = OSError(exc.errno, exc.strerror or str(exc), self.name)
+            except OSError as exc:
+                self.error = OSError(exc.errno, exc.strerror or str(exc), self.name)
+                break
+            except (KeyboardInterrupt, SystemExit):  # outside defer_signals(): give up the file
+                self.error = OSError(4, "interrupted", self.name)
+                break
         return view.nbytes
 
     def truncate(self, size: int | None = None) -> int:
@@ -73,6 +78,18 @@ class _GuardedFile(io.FileIO):
     def flush(self) -> None:
         if self.error is None:
             super().flush()
+
+
+def _no_signals(method: Any) -> Any:
+    """Run a :class:`CacheWriter` method under :func:`pipeline.io.defer_signals`."""
+    import functools
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with defer_signals():
+            return method(*args, **kwargs)
+
+    return wrapper
 
 
 class CacheWriter:
@@ -116,6 +133,7 @@ class CacheWriter:
         self._idset: set[str] = set()
         self._names: list[str] | None = None
 
+    @_no_signals
     def append(self, sample_id: str, arrays: Mapping[str, np.ndarray]) -> None:
         """Add one sample: ``arrays`` maps dataset names (``/`` for groups) to per-sample arrays.
 
@@ -158,6 +176,7 @@ class CacheWriter:
         self._ids.append(sample_id)
         self._idset.add(sample_id)
 
+    @_no_signals
     def close(self) -> None:
         """Write ids and attributes, close, and move the file into place."""
         h5 = self._h5
@@ -179,6 +198,7 @@ class CacheWriter:
         if err is not None:
             raise OSError(err.errno, err.strerror, str(self.path))
 
+    @_no_signals
     def abort(self) -> None:
         """Discard the temporary file; the final path is left as it was."""
         try:
