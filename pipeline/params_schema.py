@@ -158,12 +158,11 @@ SYNTHETIC = Map({
     "size": Int(32, min=8), "alpha_min": Float(1.0, min=0.0), "alpha_max": Float(100.0, min=0.0),
     "max_input_motion": Float(2.0, min=0.0), "max_magnified_motion": Float(8.0, min=0.0),
     "photo_share": SHARE, "p_static_background": SHARE, "p_low_contrast": SHARE,
-    "max_objects": Int(3, min=0), "noise_max": Float(3.0, min=0.0)})
+    "max_objects": Int(3, min=0), "noise_max": Float(3.0, min=0.0), "color_perturb": Bool()})
 _MAGNIFIER_TRAIN = {"iterations": Int(1200, min=1), "batch_size": Int(4, min=1),
                     "lr": Float(1e-3, gt=0.0),
                     "lr_schedule": Str("cosine", choices=("constant", "cosine")),
-                    "grad_clip": Float(None, min=0.0, nullable=True),
-                    "device": DEVICE, "torch_threads": THREADS}
+                    "grad_clip": Float(None, min=0.0, nullable=True)}
 
 SECTIONS: dict[str, Key] = {
     "config": Str("quick", choices=("quick", "paper")),
@@ -221,6 +220,11 @@ SECTIONS: dict[str, Key] = {
         "device": DEVICE, "torch_threads": THREADS,
         "synthetic": SYNTHETIC,
         "oh": Map({**_MAGNIFIER_TRAIN, "texture_branch": Bool(False), "weights": PATH,
+                   # architecture (pipeline.magnification.train._OH_ARCH)
+                   "channels": Int(32, min=2), "n_enc_resblk": Int(min=0),
+                   "n_shape_resblk": Int(min=0), "n_texture_resblk": Int(min=0),
+                   "n_man_resblk": Int(min=0), "n_dec_resblk": Int(min=0),
+                   "g_kernel": Int(min=1),
                    "texture_loss_weight": Float(0.1, min=0.0),
                    "shape_loss_weight": Float(0.1, min=0.0)}),
         "stmemm": Map({**_MAGNIFIER_TRAIN, "dim": Int(32, min=1),
