@@ -171,17 +171,19 @@ def compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
     return (a @ b)[:2]
 
 
-def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+def similarity_transform(src: np.ndarray, dst: np.ndarray, with_scale: bool = True) -> np.ndarray:
     """Least-squares similarity (rotation, uniform scale, translation) mapping ``src`` to ``dst``.
 
     Minimises ``Σ_i |s R src_i + t − dst_i|²`` in closed form (Umeyama, "Least-squares estimation
     of transformation parameters between two point patterns", IEEE TPAMI 13(4), 1991, Eq. 40–42;
-    reflections excluded).
+    reflections excluded); ``with_scale=False`` fixes s = 1 (a rigid motion).
 
     Parameters
     ----------
     src, dst : ndarray of shape (K, 2)
         Corresponding points (x, y), pixels; K ≥ 2, rows with a non-finite value are ignored.
+    with_scale : bool
+        Estimate s (True) or keep s = 1.
 
     Returns
     -------
@@ -213,7 +215,7 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     if np.linalg.det(u) * np.linalg.det(vt) < 0:
         sign[1, 1] = -1.0
     rot = u @ sign @ vt
-    scale = float(np.trace(np.diag(d) @ sign) / var_s)
+    scale = float(np.trace(np.diag(d) @ sign) / var_s) if with_scale else 1.0
     t = mu_d - scale * rot @ mu_s
     return np.hstack([scale * rot, t[:, None]])
 

@@ -44,7 +44,7 @@ from pipeline.features.align import (
     to_crop_units,
     warp_crops,
 )
-from pipeline.features.headmotion import register_to_reference, unregistered
+from pipeline.features.headmotion import ImageRefiner, register_to_reference, unregistered
 from pipeline.features.stage import Done, Item, SampleFailure, StageSummary, run_stage
 from pipeline.params import env_or
 
@@ -411,6 +411,7 @@ def process_sample(item: Item, cfg: FacesConfig, model_path: str | None) -> Done
     arrays: dict[str, np.ndarray] = {}
     crops = {}
     motion: dict[int, np.ndarray] = {}
+    refiner = ImageRefiner(load(det_pos), pts, box) if cfg.register_to_onset else None
     for pos in plan.needed():  # one full frame in memory at a time
         image = load(pos)
         pre = None
@@ -419,7 +420,7 @@ def process_sample(item: Item, cfg: FacesConfig, model_path: str | None) -> Done
             if pts_k is None:
                 motion[pos] = unregistered()
             else:
-                reg = register_to_reference(pts, pts_k)
+                reg = register_to_reference(pts, pts_k, refiner, image)
                 pre, motion[pos] = reg.matrix, reg.as_array()
         elif cfg.register_to_onset:
             motion[pos] = np.array([0, 0, 0, 1, 0, 0], dtype=np.float32)
