@@ -338,3 +338,33 @@ def test_box_keeping_chin_moves_only_the_bottom_edge():
     top_plain = plain.cy - plain.side / 2
     assert box.cy - box.side / 2 == pytest.approx(top_plain, abs=1e-6)    # top edge unchanged
     assert box_keeping_chin(right, left, right + [30, 60], 2.8, 0.5, 0.15) == plain
+
+
+@pytest.mark.slow
+def test_faces_stage_registration_and_chin_options(rendered, landmarker_model):
+    from pipeline.facedetect import MP_CHIN
+    from pipeline.features.faces import FacesConfig, SampleFrames, process_sample
+    from pipeline.features.stage import Item
+
+    paths = sorted(str(p) for p in rendered["folder"].iterdir())
+    sf = SampleFrames("clip/s/m", tuple(paths), tuple(range(100, 100 + N_FRAMES)), 100 + APEX)
+    base = dict(FACES, pseudo_apex_window=2, sequence_length=3)
+    plain = process_sample(Item(sf.sample_id, sf), FacesConfig.from_params(base),
+                           str(landmarker_model))
+    assert "head_motion/apex" not in plain.arrays
+    chin_plain = plain.arrays["landmarks"][MP_CHIN, 1]             # crop units, 1 = bottom edge
+    assert 1 - chin_plain < 0.4 / 2.8                              # less than 0.4 d below it
+    done = process_sample(Item(sf.sample_id, sf), FacesConfig.from_params(
+        {**base, "register_to_onset": True, "chin_margin": 0.4}), str(landmarker_model))
+    tx, ty, rot, scale, raw, residual = done.arrays["head_motion/apex"]
+    assert rot == pytest.approx(-DRIFT[2] * APEX, abs=0.35) and raw > 4.0 and residual < raw / 3
+    assert np.isfinite(done.arrays["head_motion/offset"]).all()
+    side = done.arrays["crop_box"][2] / done.arrays["crop_box"][4]   # crop side in d
+    assert side > 2.8
+    assert done.arrays["landmarks"][MP_CHIN, 1] == pytest.approx(1 - 0.4 / side, abs=0.01)
+    # registered: the apex crop's stable region matches the onset's better than unregistered
+    def upper_diff(arrays):
+        o = arrays[f"crop{FLOW_SIZE}/onset"].astype(float)
+        a = arrays[f"crop{FLOW_SIZE}/apex"].astype(float)
+        return np.abs(a - o)[: FLOW_SIZE // 2].mean()
+    assert upper_diff(done.arrays) < 0.5 * upper_diff(plain.arrays)

@@ -240,8 +240,8 @@ def box_keeping_chin(right_eye: np.ndarray, left_eye: np.ndarray, chin: np.ndarr
     """:func:`box_from_eyes`, enlarged downwards when the chin would fall outside.
 
     With the default crop (side 2.8 d, centre 0.5 d below the eyes) the bottom edge sits 1.9 d
-    below the eye line, about where the chin is on an adult face: the chin landmark often falls
-    outside and a jaw patch is half border.  Here the top edge stays where ``crop_side`` and
+    below the eye line, about where the chin is on an adult face: on a long face the chin landmark
+    falls outside and a jaw patch is half border.  Here the top edge stays where ``crop_side`` and
     ``centre_below`` put it and the bottom edge moves down, when needed, to ``margin`` × d below
     the chin (measured perpendicular to the levelled eye line); the square grows accordingly, so
     the face keeps its scale relative to d only up to that enlargement.
