@@ -265,7 +265,7 @@ def test_final_model_from_training_runs_on_the_clip(rendered, tmp_path, capsys, 
     samples = read_samples(csv)
     params = {"family": "sssnet", "task": "emotion", "protocol": "loso", "epochs": 1,
               "batch_size": 8, "device": "cpu", "input_size": 24, "save_checkpoints": False,
-              "tasks": ["casme2-3", "composite-3"]}
+              "tasks": ["casme2-3", "composite-3"], "final_model": True}
     models = tmp_path / "models"
     paths = RunPaths(models / "tiny_loso", tmp_path / "metrics" / "tiny_loso",
                      tmp_path / "metrics" / "tiny_loso.json")

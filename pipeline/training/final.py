@@ -16,7 +16,9 @@ Choices made here:
 * Methods whose inputs :mod:`pipeline.predict` cannot compute from a clip (today: anything read
   from ``magnified.h5`` or ``patches.h5``) get no final model; the stage says so in its log.
   Constant predictors store their fitted scores.
-* Switch: ``final_model`` (``train:`` or a method's section): ``true`` (default) or ``false``.
+* Switch: ``final_model`` (``train:`` or a method's section): ``true`` (``params.yaml``'s
+  ``train:`` sets it) or ``false``; absent means off, so library callers (and the tests) that do
+  not ask for a final model do not pay for one.
 
 ``final.pt`` (``torch.save`` of a dict, :data:`FORMAT`): ``format``, ``method``, ``family``,
 ``task``, ``protocol``, ``emotion_task`` (or null), ``class_names``, ``params`` (the resolved
@@ -143,8 +145,8 @@ def fit_final_model(name: str, spec: MethodSpec, params: Mapping[str, Any], samp
     from pipeline.training.run import _context, _store
     from pipeline.training.trainer import TrainSettings, fit_predict
 
-    if not params.get("final_model", True):
-        log.info("%s: final_model off, no final model", name)
+    if not params.get("final_model", False):
+        log.debug("%s: final_model off, no final model", name)
         return None
     other = sorted({i.cache for i in spec.inputs} - set(PREDICTABLE_CACHES))
     if other:
