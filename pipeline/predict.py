@@ -113,6 +113,9 @@ class Clip:
     def read(self, positions: Sequence[int], desc: str = "read") -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(position, RGB uint8 (H, W, 3))`` for the given positions, ascending.
 
+        A video is read sequentially from the first wanted frame: the capture seeks there when
+        the backend reports landing exactly on it, else it decodes from frame 0.
+
         Raises
         ------
         PredictError
@@ -133,7 +136,15 @@ class Clip:
             cap = cv2.VideoCapture(self.source)
             try:
                 want = set(wanted)
-                for pos in range(wanted[-1] + 1 if wanted else 0):
+                start = 0
+                if wanted and wanted[0] > 0:   # seek when the backend lands exactly, else grab on
+                    cap.set(cv2.CAP_PROP_POS_FRAMES, wanted[0])
+                    if int(cap.get(cv2.CAP_PROP_POS_FRAMES)) == wanted[0]:
+                        start = wanted[0]
+                    else:
+                        cap.release()
+                        cap = cv2.VideoCapture(self.source)
+                for pos in range(start, wanted[-1] + 1 if wanted else 0):
                     if pos in want:
                         ok, bgr = cap.read()
                         if not ok or bgr is None:

@@ -368,3 +368,17 @@ def test_faces_stage_registration_and_chin_options(rendered, landmarker_model):
         a = arrays[f"crop{FLOW_SIZE}/apex"].astype(float)
         return np.abs(a - o)[: FLOW_SIZE // 2].mean()
     assert upper_diff(done.arrays) < 0.5 * upper_diff(plain.arrays)
+
+
+@pytest.mark.slow
+def test_clip_reading_video_and_folder_agree(rendered):
+    video = mp.open_clip(rendered["video"])
+    folder = mp.open_clip(rendered["folder"])
+    assert len(video) == len(folder) == N_FRAMES and video.fps == pytest.approx(30.0)
+    assert folder.numbers == list(range(100, 100 + N_FRAMES)) and video.numbers[0] == 0
+    whole = dict(video.read(range(N_FRAMES)))
+    part = dict(video.read([9, 5]))                      # a later start: seek or decode on
+    assert sorted(part) == [5, 9]
+    assert all(np.array_equal(part[k], whole[k]) for k in part)
+    png = dict(folder.read([5]))[5]                       # the PNG is the frame before MJPG
+    assert png.shape == whole[5].shape and np.abs(png.astype(int) - whole[5]).mean() < 3.0
