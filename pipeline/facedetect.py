@@ -26,6 +26,15 @@ MP_LEFT_EYE = (362, 382, 381, 380, 374, 373, 390, 249, 263, 466, 388, 387, 386, 
 # iBUG 68-point scheme (0-based).
 DLIB_RIGHT_EYE = tuple(range(36, 42))
 DLIB_LEFT_EYE = tuple(range(42, 48))
+#: Points that move little with the 12 CD6ME AUs, for registering one frame's head pose to
+#: another's (a similarity transform, :func:`pipeline.features.align.similarity_transform`): the
+#: nose ridge, the eye corners, the forehead midline and the face sides at the ear line.  Eye
+#: corners move slightly with AU6/AU7, the nose tip with AU9; the least-squares fit averages that.
+MP_STABLE = (6, 168, 197, 195, 5, 4, 33, 133, 362, 263, 10, 151, 9, 234, 454, 127, 356)
+DLIB_STABLE = (27, 28, 29, 30, 36, 39, 42, 45, 0, 16, 1, 15)
+#: Chin (menton) point of each scheme.
+MP_CHIN = 152
+DLIB_CHIN = 8
 
 
 class FaceLandmarker:
@@ -192,6 +201,36 @@ def eye_centres(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"eye_centres: expected 478/468 or 68 landmarks, got {n}")
     pts = np.asarray(landmarks, dtype=np.float32)
     return pts[list(right)].mean(axis=0), pts[list(left)].mean(axis=0)
+
+
+def stable_indices(n_points: int) -> tuple[int, ...]:
+    """Indices of the rigid-registration points (:data:`MP_STABLE` or :data:`DLIB_STABLE`).
+
+    Raises
+    ------
+    ValueError
+        For a scheme other than 478/468 (MediaPipe) or 68 (iBUG) points.
+    """
+    if n_points >= 468:
+        return MP_STABLE
+    if n_points == 68:
+        return DLIB_STABLE
+    raise ValueError(f"stable_indices: expected 478/468 or 68 landmarks, got {n_points}")
+
+
+def chin_index(n_points: int) -> int:
+    """Index of the chin (menton) point: 152 (MediaPipe) or 8 (iBUG 68).
+
+    Raises
+    ------
+    ValueError
+        For another scheme.
+    """
+    if n_points >= 468:
+        return MP_CHIN
+    if n_points == 68:
+        return DLIB_CHIN
+    raise ValueError(f"chin_index: expected 478/468 or 68 landmarks, got {n_points}")
 
 
 def _as_rgb(image: np.ndarray) -> np.ndarray:

@@ -120,7 +120,8 @@ def to_crop_units(points: np.ndarray, box: CropBox) -> np.ndarray:
     return (pts @ m[:, :2].T + m[:, 2] + 0.5).astype(np.float32)
 
 
-def warp_crops(image: np.ndarray, box: CropBox, sizes: Iterable[int]) -> dict[int, np.ndarray]:
+def warp_crops(image: np.ndarray, box: CropBox, sizes: Iterable[int],
+               pre: np.ndarray | None = None) -> dict[int, np.ndarray]:
     """Resample the box of ``image`` at each output size.
 
     Downscaling goes through an intermediate crop at the box's own resolution (rotation only,
@@ -133,6 +134,9 @@ def warp_crops(image: np.ndarray, box: CropBox, sizes: Iterable[int]) -> dict[in
     box : CropBox
     sizes : iterable of int
         Output sides in pixels.
+    pre : ndarray of shape (2, 3), optional
+        A frame → frame affine map applied before the crop (e.g. the similarity registering this
+        frame's head pose to the onset's, :func:`similarity_transform`); one resampling in all.
 
     Returns
     -------
@@ -143,13 +147,134 @@ def warp_crops(image: np.ndarray, box: CropBox, sizes: Iterable[int]) -> dict[in
     sizes = sorted(set(int(s) for s in sizes))
     inter_side = int(math.ceil(box.side))
     inter = None
+
+    def matrix(size: float) -> np.ndarray:
+        m = crop_matrix(box, size)
+        return m if pre is None else compose(m, pre)
+
     for size in sizes:
         if size >= box.side:
-            out[size] = cv2.warpAffine(image, crop_matrix(box, size), (size, size),
+            out[size] = cv2.warpAffine(image, matrix(size), (size, size),
                                        flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
             continue
         if inter is None:
-            inter = cv2.warpAffine(image, crop_matrix(box, inter_side), (inter_side, inter_side),
+            inter = cv2.warpAffine(image, matrix(inter_side), (inter_side, inter_side),
                                    flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         out[size] = cv2.resize(inter, (size, size), interpolation=cv2.INTER_AREA)
     return out
+
+
+def compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
+    """The affine map ``outer ∘ inner`` of two ``(2, 3)`` maps, ``(2, 3) float64``."""
+    a = np.vstack([np.asarray(outer, np.float64), [0.0, 0.0, 1.0]])
+    b = np.vstack([np.asarray(inner, np.float64), [0.0, 0.0, 1.0]])
+    return (a @ b)[:2]
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray, with_scale: bool = True) -> np.ndarray:
+    """Least-squares similarity (rotation, uniform scale, translation) mapping ``src`` to ``dst``.
+
+    Minimises ``Σ_i |s R src_i + t − dst_i|²`` in closed form (Umeyama, "Least-squares estimation
+    of transformation parameters between two point patterns", IEEE TPAMI 13(4), 1991, Eq. 40–42;
+    reflections excluded); ``with_scale=False`` fixes s = 1 (a rigid motion).
+
+    Parameters
+    ----------
+    src, dst : ndarray of shape (K, 2)
+        Corresponding points (x, y), pixels; K ≥ 2, rows with a non-finite value are ignored.
+    with_scale : bool
+        Estimate s (True) or keep s = 1.
+
+    Returns
+    -------
+    ndarray of shape (2, 3), float64
+        ``[x', y']ᵀ = M @ [x, y, 1]ᵀ``.
+
+    Raises
+    ------
+    ValueError
+        If fewer than two finite correspondences remain or the source points coincide.
+    """
+    src = np.asarray(src, np.float64)
+    dst = np.asarray(dst, np.float64)
+    if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 2:
+        raise ValueError(f"similarity_transform: expected two (K, 2) arrays, got {src.shape} "
+                         f"and {dst.shape}")
+    ok = np.isfinite(src).all(axis=1) & np.isfinite(dst).all(axis=1)
+    src, dst = src[ok], dst[ok]
+    if len(src) < 2:
+        raise ValueError("similarity_transform: fewer than 2 finite point pairs")
+    mu_s, mu_d = src.mean(axis=0), dst.mean(axis=0)
+    xs, xd = src - mu_s, dst - mu_d
+    var_s = float((xs ** 2).sum() / len(src))
+    if var_s < 1e-12:
+        raise ValueError("similarity_transform: the source points coincide")
+    cov = xd.T @ xs / len(src)
+    u, d, vt = np.linalg.svd(cov)
+    sign = np.eye(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        sign[1, 1] = -1.0
+    rot = u @ sign @ vt
+    scale = float(np.trace(np.diag(d) @ sign) / var_s) if with_scale else 1.0
+    t = mu_d - scale * rot @ mu_s
+    return np.hstack([scale * rot, t[:, None]])
+
+
+def apply_affine(m: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """``(K, 2)`` points through a ``(2, 3)`` affine map, ``(K, 2) float64``."""
+    pts = np.asarray(points, np.float64)
+    return pts @ np.asarray(m, np.float64)[:, :2].T + np.asarray(m, np.float64)[:, 2]
+
+
+def similarity_params(m: np.ndarray) -> tuple[float, float, float, float]:
+    """Translation x, y (pixels), rotation (degrees, counter-clockwise in the image) and scale of
+    a similarity ``(2, 3)`` map."""
+    m = np.asarray(m, np.float64)
+    scale = float(math.hypot(m[0, 0], m[1, 0]))
+    angle = float(math.degrees(math.atan2(m[1, 0], m[0, 0])))
+    return float(m[0, 2]), float(m[1, 2]), angle, scale
+
+
+def box_keeping_chin(right_eye: np.ndarray, left_eye: np.ndarray, chin: np.ndarray,
+                     crop_side: float, centre_below: float, margin: float) -> CropBox:
+    """:func:`box_from_eyes`, enlarged downwards when the chin would fall outside.
+
+    With the default crop (side 2.8 d, centre 0.5 d below the eyes) the bottom edge sits 1.9 d
+    below the eye line, about where the chin is on an adult face: on a long face the chin landmark
+    falls outside and a jaw patch is half border.  Here the top edge stays where ``crop_side`` and
+    ``centre_below`` put it and the bottom edge moves down, when needed, to ``margin`` × d below
+    the chin (measured perpendicular to the levelled eye line); the square grows accordingly, so
+    the face keeps its scale relative to d only up to that enlargement.
+
+    Parameters
+    ----------
+    right_eye, left_eye, chin : ndarray of shape (2,)
+        Frame pixels.
+    crop_side, centre_below : float
+        As in :func:`box_from_eyes`.
+    margin : float
+        Space kept below the chin, in inter-ocular distances (≥ 0).
+
+    Returns
+    -------
+    CropBox
+
+    Raises
+    ------
+    ValueError
+        As :func:`box_from_eyes`; a negative margin or a non-finite chin.
+    """
+    if margin < 0:
+        raise ValueError(f"chin margin must be >= 0, got {margin}")
+    box = box_from_eyes(right_eye, left_eye, crop_side, centre_below)
+    chin = np.asarray(chin, np.float64)
+    if not np.all(np.isfinite(chin)):
+        raise ValueError(f"chin point {chin.tolist()} is not finite")
+    r = np.asarray(right_eye, np.float64)
+    le = np.asarray(left_eye, np.float64)
+    d = le - r
+    down = np.array([-d[1], d[0]]) / box.iod
+    chin_below = float((chin - (r + le) / 2.0) @ down) / box.iod   # in d
+    top = centre_below - crop_side / 2.0
+    bottom = max(centre_below + crop_side / 2.0, chin_below + margin)
+    return box_from_eyes(right_eye, left_eye, bottom - top, (top + bottom) / 2.0)

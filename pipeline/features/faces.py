@@ -37,7 +37,14 @@ import pandas as pd
 
 from pipeline import assets, facedetect
 from pipeline.databases import index as index_table
-from pipeline.features.align import CropBox, box_from_eyes, to_crop_units, warp_crops
+from pipeline.features.align import (
+    CropBox,
+    box_from_eyes,
+    box_keeping_chin,
+    to_crop_units,
+    warp_crops,
+)
+from pipeline.features.headmotion import ImageRefiner, register_to_reference, unregistered
 from pipeline.features.stage import Done, Item, SampleFailure, StageSummary, run_stage
 from pipeline.params import env_or
 
@@ -76,6 +83,14 @@ class FacesConfig:
     detect_max_side : int
         Frames larger than this (pixels, longer side) are downscaled for detection only.
     max_failed_share : float
+    register_to_onset : bool
+        Detect the landmarks on every frame the methods need too and register each to the
+        detection frame by a similarity on the stable points before cropping
+        (:mod:`pipeline.features.headmotion`): rigid head motion leaves the flow.  Stores
+        ``head_motion/{apex,offset}``.  Off by default (the CD6ME tooling does not register).
+    chin_margin : float or None
+        When set, the crop is extended downwards to keep the chin landmark this many
+        inter-ocular distances inside (:func:`pipeline.features.align.box_keeping_chin`).
     """
 
     detector: str = "mediapipe"
@@ -88,6 +103,8 @@ class FacesConfig:
     centre_below: float = 0.5
     detect_max_side: int = 640
     max_failed_share: float = 0.2
+    register_to_onset: bool = False
+    chin_margin: float | None = None
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> FacesConfig:
@@ -112,7 +129,19 @@ class FacesConfig:
                 raise ValueError(f"faces.{key} must be a positive integer, got {getattr(cfg, key)}")
         if cfg.crop_side <= 0:
             raise ValueError(f"faces.crop_side must be positive, got {cfg.crop_side}")
+        if cfg.chin_margin is not None and float(cfg.chin_margin) < 0:
+            raise ValueError(f"faces.chin_margin must be null or >= 0, got {cfg.chin_margin}")
         return cfg
+
+    def cache_params(self) -> dict[str, Any]:
+        """The parameters stored in faces.h5: every field, except the two options above while
+        they are off (so that caches written before they existed stay valid)."""
+        out = {**asdict(self), "sizes": list(self.sizes)}
+        if not self.register_to_onset:
+            out.pop("register_to_onset")
+        if self.chin_margin is None:
+            out.pop("chin_margin")
+        return out
 
     @property
     def fallback(self) -> str:
@@ -334,6 +363,23 @@ def detect_landmarks(image: np.ndarray, kind: str, model_path: str | None,
     return pts.astype(np.float32)
 
 
+def face_box(points: np.ndarray, cfg: FacesConfig) -> CropBox:
+    """The crop box of a face from its landmarks ``(K, 2)`` (frame pixels): eye alignment
+    (:func:`box_from_eyes`), extended to keep the chin when ``cfg.chin_margin`` is set.
+
+    Raises
+    ------
+    ValueError
+        Degenerate eye centres or chin point.
+    """
+    right, left = facedetect.eye_centres(points)
+    if cfg.chin_margin is None:
+        return box_from_eyes(right, left, cfg.crop_side, cfg.centre_below)
+    chin = np.asarray(points)[facedetect.chin_index(len(points))]
+    return box_keeping_chin(right, left, chin, cfg.crop_side, cfg.centre_below,
+                            float(cfg.chin_margin))
+
+
 def process_sample(item: Item, cfg: FacesConfig, model_path: str | None) -> Done:
     """Crops, frame numbers, landmarks and crop box of one sample.
 
@@ -395,16 +441,28 @@ def process_sample(item: Item, cfg: FacesConfig, model_path: str | None) -> Done
         raise SampleFailure(f"no face found in any of the {n} frames ({sf.paths[0]} … "
                             f"{sf.paths[-1]}) by {cfg.detector} or {cfg.fallback}")
     pts, kind, det_pos = found
-    right, left = facedetect.eye_centres(pts)
     try:
-        box = box_from_eyes(right, left, cfg.crop_side, cfg.centre_below)
+        box = face_box(pts, cfg)
     except ValueError as exc:
         raise SampleFailure(f"{sf.paths[det_pos]}: {exc}") from exc
 
     arrays: dict[str, np.ndarray] = {}
     crops = {}
+    motion: dict[int, np.ndarray] = {}
+    refiner = ImageRefiner(load(det_pos), pts, box) if cfg.register_to_onset else None
     for pos in plan.needed():  # one full frame in memory at a time
-        crops[pos] = warp_crops(load(pos), box, (*cfg.sizes, cfg.sequence_size))
+        image = load(pos)
+        pre = None
+        if cfg.register_to_onset and pos != det_pos:
+            pts_k = detect_landmarks(image, kind, model_path, cfg.detect_max_side)
+            if pts_k is None:
+                motion[pos] = unregistered()
+            else:
+                reg = register_to_reference(pts, pts_k, refiner, image)
+                pre, motion[pos] = reg.matrix, reg.as_array()
+        elif cfg.register_to_onset:
+            motion[pos] = np.array([0, 0, 0, 1, 0, 0], dtype=np.float32)
+        crops[pos] = warp_crops(image, box, (*cfg.sizes, cfg.sequence_size), pre=pre)
         frames.pop(pos, None)
     for size in cfg.sizes:
         g = f"crop{size}"
@@ -428,6 +486,11 @@ def process_sample(item: Item, cfg: FacesConfig, model_path: str | None) -> Done
     arrays["detection/detector"] = np.uint8(DETECTORS.index(kind))
     arrays["detection/frame"] = num[det_pos]
     fixes = []
+    if cfg.register_to_onset:
+        arrays["head_motion/apex"] = motion[plan.apex]
+        arrays["head_motion/offset"] = motion[plan.offset]
+        if any(np.isnan(v[0]) for v in motion.values()):
+            fixes.append("unregistered_frame")
     if kind != cfg.detector:
         fixes.append("fallback_detector")
     if det_pos != 0:
@@ -508,8 +571,7 @@ def run_faces(index_df: pd.DataFrame, params: Mapping[str, Any], out_path: str |
     # are in use: the configured one and the fallback).
     local = env_or(cfg.landmarker_model, "MER_LANDMARKER_MODEL")
     model_path = str(assets.resolve(assets.FACE_LANDMARKER, local))
-    cache_params = {**asdict(cfg), "sizes": list(cfg.sizes),
-                    "landmarker_sha256": assets.FACE_LANDMARKER.sha256}
+    cache_params = {**cfg.cache_params(), "landmarker_sha256": assets.FACE_LANDMARKER.sha256}
     fn = functools.partial(_process_or_fail, cfg=cfg, model_path=model_path)
     return run_stage("faces", fn, _items(index_df), len(index_df), out_path=out_path,
                      failures_path=failures_path, cache_params=cache_params,

@@ -56,6 +56,7 @@ __all__ = [
     "FoldDataset",
     "InputSpec",
     "SamplesError",
+    "prepare_input",
     "preprocess_flow",
     "preprocess_image",
     "read_samples",
@@ -179,6 +180,29 @@ def preprocess_image(img: np.ndarray, size: int | None) -> np.ndarray:
     return np.ascontiguousarray(out.reshape(*lead, *out.shape[1:]))
 
 
+def prepare_input(spec: InputSpec, arr: np.ndarray, flow_norm: str = "sample",
+                  flow_quantile: float = 0.99) -> np.ndarray:
+    """One sample's stored array → the float32 model input of ``spec`` (module docstring).
+
+    The one pre-processing path of training (:class:`FeatureStore`) and of prediction on a
+    user's clip (:mod:`pipeline.predict`).
+
+    Raises
+    ------
+    ValueError
+        An unknown ``spec.kind``, or what the pre-processing of that kind raises.
+    """
+    if spec.preprocess is not None:
+        return np.asarray(spec.preprocess(arr), dtype=np.float32)
+    if spec.kind == "flow":
+        return preprocess_flow(arr, spec.size, flow_norm, flow_quantile)
+    if spec.kind == "image":
+        return preprocess_image(arr, spec.size)
+    if spec.kind == "array":
+        return np.asarray(arr, dtype=np.float32)
+    raise ValueError(f"input {spec.key!r}: unknown kind {spec.kind!r}")
+
+
 @dataclass(frozen=True)
 class InputSpec:
     """One input array of a method.
@@ -265,15 +289,7 @@ class FeatureStore:
             self._preload()
 
     def _prep(self, spec: InputSpec, arr: np.ndarray) -> np.ndarray:
-        if spec.preprocess is not None:
-            return np.asarray(spec.preprocess(arr), dtype=np.float32)
-        if spec.kind == "flow":
-            return preprocess_flow(arr, spec.size, self.flow_norm, self.flow_quantile)
-        if spec.kind == "image":
-            return preprocess_image(arr, spec.size)
-        if spec.kind == "array":
-            return np.asarray(arr, dtype=np.float32)
-        raise ValueError(f"input {spec.key!r}: unknown kind {spec.kind!r}")
+        return prepare_input(spec, arr, self.flow_norm, self.flow_quantile)
 
     def _read(self, spec: InputSpec, position: int) -> np.ndarray:
         cache = self.caches[spec.cache]

@@ -21,7 +21,9 @@ predictor), and writes:
   cache: left out of training and given a fallback test prediction (AU: no AU present, score 0;
   emotion: the training majority class), so every method is scored on the same samples;
 * ``models/<method>/<fold>.pt`` (trained weights, when ``save_checkpoints``) or
-  ``<fold>.json`` (a constant predictor's fitted state), and ``models/<method>/run.json``.
+  ``<fold>.json`` (a constant predictor's fitted state), and ``models/<method>/run.json``;
+* ``models/<method>/final.pt`` — one model fitted on all the protocol's data, for prediction on a
+  user's clip (``final_model``; :mod:`pipeline.training.final`).
 
 Scores: AU probabilities (sigmoid) thresholded at ``threshold`` (0.5); emotion: class
 probabilities, prediction = argmax.
@@ -398,6 +400,11 @@ def run_method(name: str, params: Mapping[str, Any], samples: pd.DataFrame,
     runner = _run_cd6me if spec.protocol == "cd6me" else _run_loso
     try:
         result = runner(name, spec, settings, params, samples, features_dir, paths, label, seed,
+                        device)
+        # models/<method>/final.pt: one model on all the data, for mer-predict (train.final_model)
+        from pipeline.training.final import fit_final_model
+
+        fit_final_model(name, spec, params, samples, features_dir, paths.models, label, seed,
                         device)
     finally:
         torch.set_num_threads(threads)
