@@ -137,6 +137,9 @@ TRAIN_KEYS: dict[str, Key] = {
     "scheduler": SCHEDULER,
     "loss": LOSS,
     "grad_clip": Float(None, min=0.0, nullable=True),
+    "final_model": Bool(False),  # models/<method>/final.pt fitted on all data (pipeline/training/final.py)
+    "final_task": Str("composite-3", choices=("casme2-5", "casme2-3", "samm-5", "samm-3", "smic-3",
+                                              "composite-3")),
 }
 
 #: Keys every ``methods.<name>`` section may hold besides :data:`TRAIN_KEYS` and its family's.
@@ -199,6 +202,8 @@ SECTIONS: dict[str, Key] = {
         "centre_below": Float(0.5),
         "detect_max_side": Int(640, min=32),
         "max_failed_share": SHARE,
+        "register_to_onset": Bool(False),  # head-motion registration (pipeline/features/headmotion.py)
+        "chin_margin": Float(None, min=0.0, nullable=True),
     }),
     "flow": Map({
         "size": Int(112, min=8),
