@@ -200,7 +200,9 @@ def test_project_params_build_both_magnifiers(config):
     st = build_magnifier("stmemm", arch_of("stmemm", cfg["stmemm"]))
     assert isinstance(oh, OhMagNet)
     syn = SyntheticConfig.from_mapping(cfg["synthetic"])
-    assert syn.size == (384 if config == "paper" else 32) and syn.alpha_max == 100.0
+    assert syn.size == (384 if config == "paper" else 64)
+    assert syn.alpha_max == (100.0 if config == "paper" else 30.0)
+    assert cfg["init"] == ("scratch" if config == "paper" else "shipped")
     assert st.dim == (60 if config == "paper" else 32)
     mg = P.section("magnify", raw)
     assert mg["latent_alpha"] == 10 and mg["frames"]["oh"][0] == 6

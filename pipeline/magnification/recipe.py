@@ -1,0 +1,118 @@
+"""The long training run that produces the shipped magnifier weights, with a learning curve.
+
+    python -m pipeline.magnification.recipe oh --out runs/magnifier [--params params.yaml]
+        [--iterations N] [--every 500] [--threads 1]
+
+Trains one magnifier (``oh`` or ``stmemm``) from random initialisation with the recipe of the
+``magnifier`` section of params.yaml (``synthetic`` and the kind's block: ``iterations``,
+``batch_size``, ``lr``, ``lr_schedule``, ``warmup``; the project ``seed``, + 1 for ST-MEMM, as
+in the ``magnifier`` stage) and, every ``--every`` iterations, runs the project's verification
+(:func:`pipeline.magnification.verify.verify_magnifier` on the same held-out pairs as the stage)
+and writes into ``--out``:
+
+* ``{kind}_curve.json`` — one row per check: iterations, seconds, and per α the median
+  measured/expected ratio, its IQR, PSNR and SSIM (the learning curve of amplification against
+  steps);
+* ``{kind}_last.pt`` — the latest checkpoint (a :func:`~pipeline.magnification.train.save_magnifier`
+  file, loadable by the stage and by ``magnify``), ``{kind}_step{N}.pt`` every check.
+
+Checkpoints are written atomically, so whatever time allows can be shipped: copy
+``{kind}_last.pt`` to ``pipeline/magnification/weights/{kind}.pt``.  Runs on the CPU in the
+background of a working session (one torch thread per process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("magnifier")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the long training of one magnifier; 0 on success."""
+    import torch
+
+    from pipeline.io import atomic_path, setup_logging, write_json
+    from pipeline.magnification.synthetic import SyntheticConfig, SyntheticPairs
+    from pipeline.magnification.train import (
+        arch_of,
+        build_magnifier,
+        resolve_device,
+        save_magnifier,
+        train_magnifier,
+        verification_set,
+        verify_methods,
+    )
+    from pipeline.params import load, section
+
+    ap = argparse.ArgumentParser(prog="python -m pipeline.magnification.recipe",
+                                 description=__doc__.splitlines()[0])
+    ap.add_argument("kind", choices=("oh", "stmemm"))
+    ap.add_argument("--out", required=True, help="run folder (curve and checkpoints)")
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--iterations", type=int, default=None, help="override the kind's iterations")
+    ap.add_argument("--every", type=int, default=500, help="verification/checkpoint period")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    args = ap.parse_args(argv)
+    setup_logging()
+    torch.set_num_threads(args.threads)
+    import cv2
+
+    cv2.setNumThreads(1)
+    params = load(args.params)
+    cfg = section("magnifier", params)
+    seed = int(params.get("seed", 0))
+    k = ("oh", "stmemm").index(args.kind)
+    mc = dict(cfg[args.kind])
+    if args.iterations is not None:
+        mc["iterations"] = args.iterations
+    arch = arch_of(args.kind, mc)
+    device = resolve_device(str(cfg.get("device", "auto")))
+    torch.manual_seed(seed + k)
+    model = build_magnifier(args.kind, arch)
+    bank, vpairs, _ = verification_set(cfg, seed)
+    syn = dict(cfg.get("synthetic", {}))
+    full = args.kind == "oh" and bool(getattr(model, "texture_branch", False))
+    pairs = SyntheticPairs(bank, SyntheticConfig.from_mapping(syn, color_perturb=full), seed + k)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    curve: list[dict[str, Any]] = []
+    start = time.time()
+    recipe = {"synthetic": syn, "seed": seed + k, **{key: mc[key] for key in mc
+                                                       if key not in arch}}
+
+    def check(done: int, net: torch.nn.Module) -> None:
+        t0 = time.time()
+        res = verify_methods({args.kind: net}, vpairs, cfg["verify"], device)[args.kind]
+        row: dict[str, Any] = {"iterations": done, "seconds": round(time.time() - start, 1)}
+        for key, val in res.items():
+            if key.startswith("alpha") and isinstance(val, dict):
+                row[key] = {m: round(float(val[m]), 4) for m in
+                            ("ratio_median", "ratio_iqr", "psnr", "ssim")}
+        curve.append(row)
+        info = {**recipe, "iterations_done": done, "seconds": row["seconds"]}
+        for name in (f"{args.kind}_step{done}.pt", f"{args.kind}_last.pt"):
+            with atomic_path(out / name, suffix=".pt") as tmp:
+                save_magnifier(tmp, args.kind, net, arch, info)
+        write_json(out / f"{args.kind}_curve.json", {"kind": args.kind, "arch": arch,
+                                                     "recipe": recipe, "curve": curve})
+        log.info("%s at %d iterations (%.0f s): ratio %s (verification %.0f s)", args.kind, done,
+                 row["seconds"], " / ".join(f"{v['ratio_median']:.3f}" for key, v in row.items()
+                                            if key.startswith("alpha")), time.time() - t0)
+
+    info = train_magnifier(args.kind, model, pairs, mc, device, seed + k, progress=False,
+                           callback=check, callback_every=args.every)
+    log.info("%s: done, %d iterations in %.0f s, loss %.4f → %.4f", args.kind, info["iterations"],
+             info["seconds"], info["loss_first"] or np.nan, info["loss_last"] or np.nan)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
