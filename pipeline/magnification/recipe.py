@@ -17,8 +17,14 @@ and writes into ``--out``:
   file, loadable by the stage and by ``magnify``), ``{kind}_step{N}.pt`` every check.
 
 Checkpoints are written atomically, so whatever time allows can be shipped: copy
-``{kind}_last.pt`` to ``pipeline/magnification/weights/{kind}.pt``.  Runs on the CPU in the
-background of a working session (one torch thread per process).
+``{kind}_last.pt`` to ``pipeline/magnification/weights/{kind}.pt`` and ``{kind}_curve.json``
+beside it.  Runs on the CPU in the background of a working session (one torch thread per
+process).
+
+    python -m pipeline.magnification.recipe plot --out runs/magnifier
+
+draws the curves found in ``--out`` (median measured/expected against iterations, one line per
+α and magnifier, the target band shaded) into ``learning_curve.png``.
 """
 
 from __future__ import annotations
@@ -35,8 +41,57 @@ import numpy as np
 log = logging.getLogger("magnifier")
 
 
+def plot_curves(run_dir: str | Path, out_png: str | Path,
+                target: tuple[float, float] = (0.8, 1.2)) -> list[str]:
+    """Plot the ``*_curve.json`` of ``run_dir``: median measured/expected vs iterations.
+
+    Returns
+    -------
+    list of str
+        The magnifiers plotted.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``run_dir`` holds no curve.
+    """
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = sorted(Path(run_dir).glob("*_curve.json"))
+    if not files:
+        raise FileNotFoundError(f"{run_dir}: no *_curve.json (run the recipe first)")
+    fig, axes = plt.subplots(1, len(files), figsize=(4.2 * len(files), 3.2), squeeze=False,
+                             sharey=True)
+    kinds = []
+    for ax, f in zip(axes[0], files, strict=True):
+        data = json.loads(f.read_text())
+        rows = data["curve"]
+        factors = sorted({k for r in rows for k in r if k.startswith("alpha")},
+                         key=lambda k: float(k[5:]))
+        for fac in factors:
+            ax.plot([r["iterations"] for r in rows], [r[fac]["ratio_median"] for r in rows],
+                    marker="o", ms=3, label=f"α = {fac[5:]}")
+        ax.axhspan(*target, color="green", alpha=0.12, label="target")
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.set_title(data["kind"], fontsize=9)
+        ax.set_xlabel("iterations (batch 4)")
+        ax.grid(alpha=0.3)
+        kinds.append(data["kind"])
+    axes[0][0].set_ylabel("median measured / expected")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return kinds
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the long training of one magnifier; 0 on success."""
+    """Run the long training of one magnifier (or ``plot`` the curves); 0 on success."""
     import torch
 
     from pipeline.io import atomic_path, setup_logging, write_json
@@ -54,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m pipeline.magnification.recipe",
                                  description=__doc__.splitlines()[0])
-    ap.add_argument("kind", choices=("oh", "stmemm"))
+    ap.add_argument("kind", choices=("oh", "stmemm", "plot"))
     ap.add_argument("--out", required=True, help="run folder (curve and checkpoints)")
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--iterations", type=int, default=None, help="override the kind's iterations")
@@ -62,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = ap.parse_args(argv)
     setup_logging()
+    if args.kind == "plot":
+        kinds = plot_curves(args.out, Path(args.out) / "learning_curve.png")
+        log.info("learning curves of %s written to %s", ", ".join(kinds),
+                 Path(args.out) / "learning_curve.png")
+        return 0
     torch.set_num_threads(args.threads)
     import cv2
 
