@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.magnification.train import (
         arch_of,
         build_magnifier,
+        load_magnifier,
         resolve_device,
         save_magnifier,
         train_magnifier,
@@ -115,6 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iterations", type=int, default=None, help="override the kind's iterations")
     ap.add_argument("--every", type=int, default=500, help="verification/checkpoint period")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ap.add_argument("--init", default=None,
+                    help="continue from this checkpoint (a save_magnifier file of the same "
+                         "architecture) instead of random initialisation")
+    ap.add_argument("--lr", type=float, default=None, help="override the kind's lr")
+    ap.add_argument("--data-seed", type=int, default=None,
+                    help="seed of the synthetic pairs (default: the project seed, + 1 for "
+                         "ST-MEMM); give another one when continuing with --init")
     args = ap.parse_args(argv)
     setup_logging()
     if args.kind == "plot":
@@ -133,20 +141,30 @@ def main(argv: list[str] | None = None) -> int:
     mc = dict(cfg[args.kind])
     if args.iterations is not None:
         mc["iterations"] = args.iterations
+    if args.lr is not None:
+        mc["lr"] = args.lr
     arch = arch_of(args.kind, mc)
     device = resolve_device(str(cfg.get("device", "auto")))
     torch.manual_seed(seed + k)
     model = build_magnifier(args.kind, arch)
+    before: dict[str, Any] = {}
+    if args.init:
+        model, meta = load_magnifier(args.init, device)
+        if meta["kind"] != args.kind or meta["arch"] != arch:
+            raise SystemExit(f"{args.init}: a {meta['kind']} network of architecture "
+                             f"{meta['arch']}, not {args.kind} {arch}")
+        before = {"init_from": str(args.init), "init_train": meta.get("train", {})}
     bank, vpairs, _ = verification_set(cfg, seed)
     syn = dict(cfg.get("synthetic", {}))
     full = args.kind == "oh" and bool(getattr(model, "texture_branch", False))
-    pairs = SyntheticPairs(bank, SyntheticConfig.from_mapping(syn, color_perturb=full), seed + k)
+    data_seed = seed + k if args.data_seed is None else args.data_seed
+    pairs = SyntheticPairs(bank, SyntheticConfig.from_mapping(syn, color_perturb=full), data_seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     curve: list[dict[str, Any]] = []
     start = time.time()
-    recipe = {"synthetic": syn, "seed": seed + k, **{key: mc[key] for key in mc
-                                                       if key not in arch}}
+    recipe = {"synthetic": syn, "seed": seed + k, "data_seed": data_seed, **before,
+              **{key: mc[key] for key in mc if key not in arch}}
 
     def check(done: int, net: torch.nn.Module) -> None:
         t0 = time.time()
