@@ -1,7 +1,10 @@
-"""DVC stage ``magnifier``: train the learned magnifiers on synthetic pairs and verify them.
+"""DVC stage ``magnifier``: provide the learned magnifiers and verify them.
 
-Trains Oh et al.'s network (ECCV 2018; shape-only or full, ``magnifier.oh.texture_branch``) and
-ST-MEMM (Wu et al. 2024) on synthetic motion pairs rendered on the fly from the face photos
+Quick (``magnifier.init: shipped``): loads the weights shipped in
+``pipeline/magnification/weights/`` (optionally fine-tuned, ``finetune_iterations``).
+``init: scratch`` (and ``config: paper``) trains Oh et al.'s network (ECCV 2018; shape-only
+or full, ``magnifier.oh.texture_branch``) and ST-MEMM (Wu et al. 2024) on synthetic motion
+pairs rendered on the fly from the face photos
 (``magnifier.synthetic.faces_dir`` or ``$MER_FACES_DIR``) and procedural textures, or loads
 external Oh et al. weights (``magnifier.oh.weights``).  Then measures on held-out pairs with a
 known sub-pixel displacement the magnified displacement divided by α·d, PSNR and SSIM, beside

@@ -155,6 +155,41 @@ def test_trained_tiny_oh_reconstructs_frame_b_at_alpha_one(procedural_bank):
     assert after > 19.0
 
 
+def test_training_calls_back_periodically_and_warms_the_learning_rate_up(procedural_bank):
+    cfg = SyntheticConfig(size=16, max_magnified_motion=4.0, photo_share=0.0, max_objects=0,
+                          color_perturb=False)
+    pairs = SyntheticPairs(procedural_bank, cfg, seed=0)
+    net = build_magnifier("oh", {**TINY_OH, "texture_branch": False})
+    calls = []
+    first = {k: v.clone() for k, v in net.state_dict().items()}
+
+    def record(done, model):
+        calls.append((done, model.training))
+
+    info = train_magnifier("oh", net, pairs, {"iterations": 5, "batch_size": 1, "lr": 1e-3,
+                                              "lr_schedule": "constant", "warmup": 1000},
+                           torch.device("cpu"), seed=0, progress=False, callback=record,
+                           callback_every=2)
+    assert calls == [(2, False), (4, False), (5, False)] and info["warmup"] == 1000
+    # Adam's first steps move each weight by about lr · (it + 1) / warmup ≤ 5e-6
+    step = max(float((net.state_dict()[k] - v).abs().max()) for k, v in first.items())
+    assert 0 < step < 2e-5
+
+
+def test_input_motion_floor_and_magnified_cap(procedural_bank):
+    cfg = SyntheticConfig(size=16, alpha_min=2.0, alpha_max=30.0, min_input_motion=0.05,
+                          max_input_motion=2.0, max_magnified_motion=20.0, photo_share=0.0,
+                          max_objects=0, p_static_background=0.0, color_perturb=False)
+    pairs = SyntheticPairs(procedural_bank, cfg, seed=2)
+    rng = np.random.default_rng(0)
+    d = np.array([np.hypot(*pairs._motion(rng, a)) for a in (2.0, 10.0, 30.0) for _ in range(200)])
+    alpha = np.repeat([2.0, 10.0, 30.0], 200)
+    assert d.min() >= 0.05 and (alpha * d).max() <= 20.0 + 1e-4
+    assert (alpha * d)[alpha == 30.0].max() > 18.0 and (alpha * d)[alpha == 2.0].min() < 0.15
+    s = pairs[0]
+    assert 2.0 <= s["alpha"] <= 30.0 and np.hypot(*s["d_bg"]) >= 0.05
+
+
 def test_train_rejects_colour_perturbation_mismatch(procedural_bank):
     pairs = SyntheticPairs(procedural_bank, SyntheticConfig(size=32, photo_share=0.0,
                                                             color_perturb=True), seed=0)
@@ -207,6 +242,52 @@ def test_weight_loading_rejects_a_wrong_layout_clearly(tmp_path):
         load_oh_weights(OhMagNet(), junk)
     with pytest.raises(FileNotFoundError, match="not found"):
         load_oh_weights(OhMagNet(), tmp_path / "missing.pth")
+
+
+# the key names of the public PyTorch port of Oh et al.'s full network (cfosco/deepfake_detection,
+# models/deep_motion_mag/network.py) where they differ from ours
+PORT_NAMES = {"encoder.conv1_texture.": "encoder.conv1_text.",
+              "encoder.resblks_texture.": "encoder.resblks_text.",
+              "decoder.conv_texture.": "decoder.conv1_text."}
+
+
+def _port_key(key: str) -> str:
+    for ours, theirs in PORT_NAMES.items():
+        if key.startswith(ours):
+            key = theirs + key[len(ours):]
+    return "module." + key
+
+
+def test_public_full_network_layout_loads_and_wrong_variants_are_named(tmp_path):
+    torch.manual_seed(6)
+    src = OhMagNet(texture_branch=True).eval()
+    port = tmp_path / "ckpt_e11.pth.tar"
+    state = {_port_key(k): v for k, v in src.state_dict().items()}
+    assert sum(".conv1_text." in k or "_text." in k for k in state) == 6  # the 6 renamed keys
+    torch.save({"epoch": 11, "state_dict": state, "losses_recon": [0.1]}, port)
+    torch.manual_seed(7)
+    dst = load_oh_weights(OhMagNet(texture_branch=True), port).eval()
+    a, b = _frames(1, 32)
+    with torch.no_grad():
+        assert torch.equal(src(a, b, 10.0), dst(a, b, 10.0))
+
+    with pytest.raises(WeightLayoutError) as err:
+        load_oh_weights(OhMagNet(texture_branch=False), port)
+    msg = str(err.value)
+    assert "holds a full (texture + shape) Oh et al. network" in msg
+    assert "magnifier.oh.texture_branch: true" in msg
+
+    shape_only = tmp_path / "generator_212000.pth"
+    torch.save(OhMagNet(texture_branch=False).state_dict(), shape_only)
+    with pytest.raises(WeightLayoutError, match=r"holds a shape-only Oh et al\. network.*"
+                                                r"texture_branch: false"):
+        load_oh_weights(OhMagNet(texture_branch=True), shape_only)
+
+    st = tmp_path / "stmemm.pth"
+    torch.save(STMEMM(**TINY_ST).state_dict(), st)
+    with pytest.raises(WeightLayoutError, match="holds an ST-MEMM network") as err:
+        load_oh_weights(OhMagNet(texture_branch=True), st)
+    assert "texture_branch:" not in str(err.value)  # no misleading variant hint
 
 
 # ----------------------------------------------------------------------------------------------

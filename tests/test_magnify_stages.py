@@ -200,8 +200,46 @@ def test_project_params_build_both_magnifiers(config):
     st = build_magnifier("stmemm", arch_of("stmemm", cfg["stmemm"]))
     assert isinstance(oh, OhMagNet)
     syn = SyntheticConfig.from_mapping(cfg["synthetic"])
-    assert syn.size == (384 if config == "paper" else 32) and syn.alpha_max == 100.0
+    assert syn.size == (384 if config == "paper" else 64)
+    assert syn.alpha_max == (100.0 if config == "paper" else 30.0)
+    assert cfg["init"] == ("scratch" if config == "paper" else "shipped")
     assert st.dim == (60 if config == "paper" else 32)
     mg = P.section("magnify", raw)
     assert mg["latent_alpha"] == 10 and mg["frames"]["oh"][0] == 6
     assert mg["frames"]["stmemm"] == [5, 8, 10, 12, 15]
+
+
+def test_magnifier_stage_starts_from_the_shipped_weights(tmp_path, capsys):
+    from pipeline import params as P
+    from pipeline.magnification.train import arch_of, shipped_weights_path
+
+    project = P.section("magnifier", P.load("params.yaml"))
+    params = json.loads(json.dumps(PARAMS))
+    mg = params["magnifier"]
+    mg["init"] = "shipped"
+    mg["verify"]["n_per_alpha"] = 1
+    for kind in ("oh", "stmemm"):
+        mg[kind] = {"weights": None, "iterations": 3, "batch_size": 2, "lr": 1e-3,
+                    **arch_of(kind, project[kind])}
+    rc = magnifier_stage.main(["--params", _write_params(tmp_path / "p.yaml", params),
+                               "--out", str(tmp_path / "m"), "--metrics", str(tmp_path / "j.json")])
+    assert rc == 0
+    metrics = json.loads((tmp_path / "j.json").read_text())
+    assert metrics["init"] == "shipped"
+    for kind in ("oh", "stmemm"):
+        info = metrics[kind]["train"]
+        assert info["init"] == "shipped" and "finetune" not in info
+        shipped, _ = load_magnifier(shipped_weights_path(kind))
+        written, _ = load_magnifier(tmp_path / "m" / f"{kind}.pt")
+        for k, v in shipped.state_dict().items():
+            assert torch.equal(written.state_dict()[k], v)
+        assert info["shipped_train"]["iterations_done"] > 0
+
+    # another architecture than the shipped one: a clear error pointing to init: scratch
+    mg["oh"]["n_dec_resblk"] = 1
+    rc = magnifier_stage.main(["--params", _write_params(tmp_path / "p.yaml", params),
+                               "--out", str(tmp_path / "m2"), "--metrics", str(tmp_path / "k.json")])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "shipped weights" in err and "init: scratch" in err
+    assert not (tmp_path / "m2").exists()

@@ -138,3 +138,23 @@ def test_report_stage_cli(metrics_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert report_stage.main(["--metrics", str(metrics_dir), "--reports", "reports"]) == 0
     assert Path("reports/report.md").is_file() and (metrics_dir / "summary.json").is_file()
+
+
+def test_report_shows_the_magnifier_verification_table(tmp_path):
+    from pipeline.io import write_json
+    from pipeline.reporting.report import ReportError, magnifier_cells
+
+    assert magnifier_cells(tmp_path) is None
+    entry = {f"alpha{a}": {"ratio_median": r, "ratio_iqr": 0.1, "psnr": 30.0}
+             for a, r in ((5, 0.95), (10, 0.9), (20, 0.7))}
+    write_json(tmp_path / "magnifier.json", {
+        "verification": {"alphas": [5, 10, 20], "target": {"ratio_range": [0.8, 1.2]}},
+        "oh": entry, "eulerian": {**entry, "alpha20": {**entry["alpha20"], "ratio_median": 1.0}}})
+    header, rows = magnifier_cells(tmp_path)
+    assert header[1].startswith("α = 5") and header[-1] == "all in [0.8, 1.2]"
+    assert rows[0] == ["oh", "0.950 (0.100), 30.0 dB", "0.900 (0.100), 30.0 dB",
+                       "0.700 (0.100), 30.0 dB", "no"]
+    assert rows[1][0] == "eulerian" and rows[1][-1] == "yes"
+    write_json(tmp_path / "magnifier.json", {"verification": {}})
+    with pytest.raises(ReportError, match="malformed magnifier metrics"):
+        magnifier_cells(tmp_path)

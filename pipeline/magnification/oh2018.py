@@ -54,6 +54,13 @@ texture channels, D = 64 decoder channels for the full network and 32 for shape-
 
 The shape-only layout is exactly that of the ``MagNet`` of InfuseNet's public code (its
 ``generator_*.pth`` checkpoints load as they are); a ``module.`` prefix (DataParallel) is stripped.
+The full layout is also read under the names of the public PyTorch port of Oh et al.'s network
+(``models/deep_motion_mag`` of github.com/cfosco/deepfake_detection, checkpoints
+``ckpt/ckpt_e00.pth.tar`` … ``ckpt_e11.pth.tar``, one per epoch, the weights under
+``state_dict`` with the ``module.`` prefix): :data:`KEY_ALIASES` maps its three differing names
+``encoder.conv1_text`` → ``encoder.conv1_texture``, ``encoder.resblks_text`` →
+``encoder.resblks_texture`` and ``decoder.conv1_text`` → ``decoder.conv_texture``; every other key
+and every shape is the same.
 """
 
 from __future__ import annotations
@@ -69,8 +76,10 @@ from torch import nn
 
 __all__ = [
     "OhMagNet",
+    "KEY_ALIASES",
     "WeightLayoutError",
     "alpha_tensor",
+    "describe_layout",
     "from_model_range",
     "load_oh_weights",
     "oh_key_layout",
@@ -295,6 +304,41 @@ def oh_key_layout(model: OhMagNet) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
+#: Key prefixes of other public layouts → ours (the PyTorch port of Oh et al.'s full network in
+#: github.com/cfosco/deepfake_detection, ``models/deep_motion_mag/network.py``).
+KEY_ALIASES = {
+    "encoder.conv1_text.": "encoder.conv1_texture.",
+    "encoder.resblks_text.": "encoder.resblks_texture.",
+    "decoder.conv1_text.": "decoder.conv_texture.",
+}
+
+
+def _alias(key: str) -> str:
+    key = key.removeprefix("module.")
+    for old, new in KEY_ALIASES.items():
+        if key.startswith(old):
+            return new + key[len(old):]
+    return key
+
+
+def describe_layout(state: Mapping[str, torch.Tensor]) -> str:
+    """What a state dict (after :data:`KEY_ALIASES`) looks like, for error messages.
+
+    Returns one of: ``"a full (texture + shape) Oh et al. network"``, ``"a shape-only Oh et al.
+    network (InfuseNet's MagNet)"``, ``"an ST-MEMM network (pipeline.magnification.stmemm)"`` or
+    ``"an unknown layout (first keys: …)"``.
+    """
+    keys = set(state)
+    if any(k.startswith(("encoder.conv1_texture.", "encoder.resblks_texture.",
+                         "decoder.conv_texture.")) for k in keys):
+        return "a full (texture + shape) Oh et al. network"
+    if "encoder.conv1_shape.weight" in keys and any(k.startswith("manipulator.") for k in keys):
+        return "a shape-only Oh et al. network (InfuseNet's MagNet)"
+    if any(k.startswith(("shallow.", "mmtb.", "conv_relu.")) for k in keys):
+        return "an ST-MEMM network (pipeline.magnification.stmemm)"
+    return f"an unknown layout (first keys: {', '.join(sorted(keys)[:4])})"
+
+
 def _extract_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model", "generator"):
@@ -302,7 +346,7 @@ def _extract_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
                 obj = obj[key]
                 break
         if all(isinstance(v, torch.Tensor) for v in obj.values()) and obj:
-            return {str(k).removeprefix("module."): v for k, v in obj.items()}
+            return {_alias(str(k)): v for k, v in obj.items()}
     raise WeightLayoutError(
         f"{path}: expected a PyTorch state_dict (a mapping of parameter names to tensors, or a "
         f"checkpoint holding one under 'state_dict' / 'model' / 'generator'), got {type(obj).__name__}")
@@ -318,7 +362,8 @@ def load_oh_weights(model: OhMagNet, path: str | os.PathLike) -> OhMagNet:
     path : path
         A ``torch.save``'d state dict in the key layout of the module docstring (optionally
         wrapped in a checkpoint dict under ``state_dict``/``model``/``generator``; a ``module.``
-        prefix is removed).  Read with ``weights_only=True`` (no code is executed).
+        prefix is removed and the public port's names are mapped by :data:`KEY_ALIASES`).  Read
+        with ``weights_only=True`` (no code is executed).
 
     Returns
     -------
@@ -330,8 +375,9 @@ def load_oh_weights(model: OhMagNet, path: str | os.PathLike) -> OhMagNet:
     FileNotFoundError
         If ``path`` does not exist.
     WeightLayoutError
-        Naming the file and listing missing keys, unexpected keys and shape mismatches (with a
-        hint when the file is of the other variant, full vs shape-only).
+        Naming the file, what its layout is (:func:`describe_layout`), and listing missing keys,
+        unexpected keys and shape mismatches (with the setting to change when the file is of the
+        other variant, full vs shape-only).
     """
     path = Path(path)
     if not path.is_file():
@@ -347,13 +393,13 @@ def load_oh_weights(model: OhMagNet, path: str | os.PathLike) -> OhMagNet:
     wrong = sorted(f"{k}: file {tuple(state[k].shape)}, network {expected[k]}"
                    for k in set(expected) & set(state) if tuple(state[k].shape) != expected[k])
     if missing or unexpected or wrong:
-        has_texture = any(k.startswith("encoder.conv1_texture") for k in state)
-        hint = ""
-        if has_texture != model.texture_branch:
-            hint = (" The file is a " + ("full (texture + shape)" if has_texture else "shape-only")
-                    + " network and the model is " + ("full" if model.texture_branch else
-                                                      "shape-only")
-                    + ": set magnifier.oh.texture_branch accordingly.")
+        layout = describe_layout(state)
+        ours = ("full (texture + shape)" if model.texture_branch else "shape-only")
+        hint = f" The file holds {layout}; the model is the {ours} network."
+        if layout.startswith("a full") and not model.texture_branch:
+            hint += " Set magnifier.oh.texture_branch: true."
+        elif layout.startswith("a shape-only") and model.texture_branch:
+            hint += " Set magnifier.oh.texture_branch: false."
         parts = []
         for name, items in (("missing", missing), ("unexpected", unexpected),
                             ("shape mismatch", wrong)):

@@ -239,8 +239,12 @@ class SyntheticConfig:
     max_input_motion : float
         Largest input displacement |d| (pixels) of background and foreground.
     max_magnified_motion : float
-        Cap on |α·d| (pixels; paper: 30); |d| is drawn uniformly in [0, min(max_input_motion,
-        cap/α)].
+        Cap on |α·d| (pixels; paper: 30); |d| is drawn uniformly in [min_input_motion,
+        min(max_input_motion, cap/α)].
+    min_input_motion : float
+        Smallest input displacement |d| (pixels; 0: Oh et al.'s draw from 0).  A floor of
+        ~0.05 px keeps the inputs' motion above the 8-bit quantisation and noise floor, where
+        it is observable at all; the magnified motion α·d then spans α·0.05 … cap.
     photo_share : float
         Probability that a background or object texture is a face-photo crop.
     p_static_background : float
@@ -262,6 +266,7 @@ class SyntheticConfig:
     alpha_max: float = 100.0
     max_input_motion: float = 2.0
     max_magnified_motion: float = 30.0
+    min_input_motion: float = 0.0
     photo_share: float = 0.5
     p_static_background: float = 0.3
     p_low_contrast: float = 0.2
@@ -314,7 +319,8 @@ class SyntheticPairs:
 
     def _motion(self, rng: np.random.Generator, alpha: float) -> np.ndarray:
         cfg = self.cfg
-        r = rng.uniform(0.0, min(cfg.max_input_motion, cfg.max_magnified_motion / alpha))
+        hi = min(cfg.max_input_motion, cfg.max_magnified_motion / alpha)
+        r = rng.uniform(min(cfg.min_input_motion, hi), hi)
         th = rng.uniform(0, 2 * math.pi)
         return np.array([r * math.cos(th), r * math.sin(th)], np.float32)
 

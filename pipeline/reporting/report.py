@@ -6,7 +6,8 @@ training curves under ``metrics/<method>/``), and writes:
 * ``reports/report.md`` and ``reports/report.html`` — one table for CD6ME AU detection (F1 mean,
   per-database mean and per-AU F1, "ours / paper") and one for LOSO emotion recognition
   (accuracy, UF1, UAR per database and class count, ours and the paper's), the data label of
-  every row, the sources of the published numbers, and the figures;
+  every row, the magnifiers' per-α verification table of ``metrics/magnifier.json`` when it
+  exists (:func:`magnifier_cells`), the sources of the published numbers, and the figures;
 * ``reports/figures/*.png`` — per-AU F1 bars, confusion matrices, training curves
   (:mod:`pipeline.reporting.plots`, Agg backend, offline);
 * ``reports/au_f1.csv`` (``au`` + one column per AU method) and ``reports/emotion.csv`` (one row
@@ -37,7 +38,8 @@ from pipeline.training.protocols import CD6ME_AUS, EMOTION_TASKS
 
 log = logging.getLogger("report")
 
-__all__ = ["ReportError", "au_table", "emotion_table", "load_metrics", "write_report"]
+__all__ = ["ReportError", "au_table", "emotion_table", "load_metrics", "magnifier_cells",
+           "write_report"]
 
 EMOTION_KEYS = ("accuracy", "uf1", "uar")
 
@@ -167,6 +169,41 @@ def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def magnifier_cells(metrics_dir: str | os.PathLike) -> tuple[list[str], list[list[str]]] | None:
+    """The per-α verification table of ``metrics/magnifier.json`` (None when the file is absent).
+
+    One row per magnifier (``oh``, ``stmemm``, ``eulerian``): per factor the median
+    measured/expected amplification with its IQR and the PSNR (dB) against the ground truth, and
+    whether every median lies in the target range.
+
+    Raises
+    ------
+    ReportError
+        If the file exists but lacks the per-α entries.
+    """
+    path = Path(metrics_dir) / "magnifier.json"
+    if not path.is_file():
+        return None
+    m = read_json(path)
+    try:
+        alphas = [float(a) for a in m["verification"]["alphas"]]
+        lo, hi = m["verification"]["target"]["ratio_range"]
+        keys = [f"alpha{int(a) if a.is_integer() else a}" for a in alphas]
+        header = ["magnifier"] + [f"α = {k[5:]}: ratio (IQR), PSNR" for k in keys] + [
+            f"all in [{lo:g}, {hi:g}]"]
+        rows = []
+        for name in ("oh", "stmemm", "eulerian"):
+            if name not in m:
+                continue
+            cells = [f"{m[name][k]['ratio_median']:.3f} ({m[name][k]['ratio_iqr']:.3f}), "
+                     f"{m[name][k]['psnr']:.1f} dB" for k in keys]
+            ok = all(lo <= m[name][k]["ratio_median"] <= hi for k in keys)
+            rows.append([name] + cells + ["yes" if ok else "no"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ReportError(f"{path}: malformed magnifier metrics ({exc!r})") from exc
+    return header, rows
+
+
 def _sources(published: Mapping[str, Published | None]) -> list[str]:
     return [f"{m}: {p.name} — {p.source}" + (f" ({p.note})" if p.note else "")
             for m, p in published.items() if p is not None]
@@ -253,6 +290,12 @@ def write_report(metrics_dir: str | os.PathLike, methods: Sequence[str],
         header, rows = _emo_cells(emo)
         md += ["", f"## {emo_title}", "", _markdown_table(header, rows)]
         parts_html.append(f"<h2>{html.escape(emo_title)}</h2>{_html_table(header, rows)}")
+    mag = magnifier_cells(metrics_dir)
+    if mag is not None:
+        mag_title = ("Magnifiers: measured / expected amplification on held-out synthetic "
+                     "translations (metrics/magnifier.json)")
+        md += ["", f"## {mag_title}", "", _markdown_table(*mag)]
+        parts_html.append(f"<h2>{html.escape(mag_title)}</h2>{_html_table(*mag)}")
     sources = _sources(published)
     if sources:
         md += ["", "## Sources of the published numbers", ""] + [f"- {s}" for s in sources]
