@@ -159,13 +159,15 @@ DATABASES = ("casme", "casme2", "samm", "mmew", "fourd", "casme3a", "smic")
 SYNTHETIC = Map({
     "faces_dir": PATH, "verify_every": Int(5, min=2), "photo_size": Int(512, min=16),
     "size": Int(32, min=8), "alpha_min": Float(1.0, min=0.0), "alpha_max": Float(100.0, min=0.0),
-    "max_input_motion": Float(2.0, min=0.0), "max_magnified_motion": Float(8.0, min=0.0),
+    "max_input_motion": Float(2.0, min=0.0), "min_input_motion": Float(0.0, min=0.0),
+    "max_magnified_motion": Float(8.0, min=0.0),
     "photo_share": SHARE, "p_static_background": SHARE, "p_low_contrast": SHARE,
     "max_objects": Int(3, min=0), "noise_max": Float(3.0, min=0.0), "color_perturb": Bool()})
 _MAGNIFIER_TRAIN = {"iterations": Int(1200, min=1), "batch_size": Int(4, min=1),
                     "lr": Float(1e-3, gt=0.0),
                     "lr_schedule": Str("cosine", choices=("constant", "cosine")),
-                    "grad_clip": Float(None, min=0.0, nullable=True)}
+                    "grad_clip": Float(None, min=0.0, nullable=True),
+                    "warmup": Int(0, min=0)}  # linear warm-up steps before the schedule
 
 SECTIONS: dict[str, Key] = {
     "config": Str("quick", choices=("quick", "paper")),
@@ -223,6 +225,9 @@ SECTIONS: dict[str, Key] = {
     }),
     "magnifier": Map({
         "device": DEVICE, "torch_threads": THREADS,
+        # shipped: start from pipeline/magnification/weights/ | scratch: train (config: paper)
+        "init": Str("shipped", choices=("shipped", "scratch")),
+        "finetune_iterations": Int(0, min=0), "finetune_lr": Float(1e-5, gt=0.0),
         "synthetic": SYNTHETIC,
         "oh": Map({**_MAGNIFIER_TRAIN, "texture_branch": Bool(False), "weights": PATH,
                    # architecture (pipeline.magnification.train._OH_ARCH)
