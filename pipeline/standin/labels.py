@@ -21,7 +21,12 @@ AU6+12; surprise: AU1+2 or AU5 without AU4; fear: AU1+2+4 or AU20; disgust: AU9/
 AU15 or AU1+4; anger: AU4 with AU5/AU24; contempt: a unilateral AU12/AU14; repression: lip AUs
 AU14/AU17/AU24; AU4/AU7 alone: ambiguous "brow" tension), in the spirit of EMFACS and of the
 CASME II / SAMM coding guides; each database maps it into its own vocabulary (DATASETS.md) and a
-share ``label_noise`` is replaced by another class.
+share ``label_noise`` is replaced by another class.  The three LOSO databases draw the class
+first, so that their class shares are the release's at any size: SMIC-HS (no AU labels) by quota
+on its three classes, then an AU pattern the rule maps to it; CASME II and SAMM by quota on their
+release labels (:data:`EMOTION_CLASSES`), then AU sets drawn with the CD6ME pattern weights until
+the rule gives that label (rejection sampling, :func:`_draft_of_class`), so their AU sets follow
+their emotions (their AU marginals differ from the pooled CD6ME targets, as the real ones do).
 
 Release conventions and quirks.  AU cells follow each release's habits: ``R12``, ``L1+2``,
 ``4+L10`` (CASME, CASME II, CAS(ME)^3, the latter sometimes with commas), ``12L`` (MMEW), SAMM's

@@ -13,7 +13,7 @@ Three profiles:
     The default of ``dvc repro``: frame rates scaled down so that a sequence has 5–14 frames,
     frames of 160–320 px with faces of 40–60 px inter-ocular distance.  The four AU-only
     databases have 12 subjects and a few dozen samples each; the three LOSO databases (CASME II
-    120, SAMM 144, SMIC-HS 64 samples) have 8 subjects each with many samples, on small frames
+    120, SAMM 144, SMIC-HS 60 samples) have 6 subjects each with many samples, on small frames
     (256x192, 288x160): LOSO folds are subjects and their count drives the cost of every emotion
     method, while the sample count decides whether a LOSO score measures the method or the label
     draw.  At these sizes every class of every LOSO task (5- and 3-class) has about 10 samples or
@@ -203,12 +203,12 @@ _FULL = {
 }
 _QUICK = {
     "casme": (12, 36, 0, 30, (160, 200), 50),
-    "casme2": (8, 120, 0, 40, (256, 192), 44),
-    "samm": (8, 144, 0, 40, (288, 160), 42),
+    "casme2": (6, 120, 0, 40, (256, 192), 44),
+    "samm": (6, 144, 0, 40, (288, 160), 42),
     "mmew": (12, 48, 0, 30, (320, 180), 46),
     "fourd": (12, 48, 0, 30, (240, 320), 60),
     "casme3a": (12, 60, 6, 30, (320, 180), 40),
-    "smic": (8, 64, 0, 30, (256, 192), 40),
+    "smic": (6, 60, 0, 30, (256, 192), 40),
 }
 
 
