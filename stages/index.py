@@ -26,7 +26,7 @@ from pipeline.databases.index import (
     resolve_roots,
     write_index,
 )
-from pipeline.io import setup_logging
+from pipeline.io import start_stage
 
 log = logging.getLogger("index")
 
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml", help="parameter file")
     parser.add_argument("--out", default="data/index", help="output folder")
     args = parser.parse_args(argv)
-    setup_logging()
+    start_stage("index")
     data: dict = {}
     try:
         prm = params.load(args.params)

@@ -147,7 +147,8 @@ def test_all_databases_are_checked_before_any_row_is_read(tmp_path, monkeypatch)
 def test_write_and_load_round_trip(tmp_path):
     result = build_index(build_all(tmp_path / "raw"), LENIENT)
     out = write_index(result, tmp_path / "index")
-    assert sorted(p.name for p in out.iterdir()) == ["issues.csv", "samples.csv", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["frames.csv", "issues.csv", "samples.csv",
+                                                     "summary.json"]
     df = load_samples(out)
     pd.testing.assert_frame_equal(df, result.samples, check_dtype=False)
     assert df["subject"][df.database == "samm"].tolist() == ["006", "006", "007", "007", "007"]
@@ -231,8 +232,11 @@ def test_dvc_repro_index(tmp_path):
         pytest.skip(f"no dvc executable beside {sys.executable}")
     repo = tmp_path / "repo"
     (repo / "pipeline").mkdir(parents=True)
-    for name in ("__init__.py", "params.py", "io.py"):
+    for name in ("__init__.py", "params.py", "params_schema.py", "io.py"):
         shutil.copy(PROJECT / "pipeline" / name, repo / "pipeline" / name)
+    (repo / "pipeline" / "training").mkdir()
+    for name in ("__init__.py", "families.py"):  # the method families' params schema
+        shutil.copy(PROJECT / "pipeline" / "training" / name, repo / "pipeline" / "training" / name)
     shutil.copytree(PROJECT / "pipeline" / "databases", repo / "pipeline" / "databases",
                     ignore=shutil.ignore_patterns("__pycache__"))
     (repo / "stages").mkdir()
