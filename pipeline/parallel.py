@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
@@ -31,6 +32,10 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 BACKENDS = ("local", "dask")
+
+# A stage stopped early (Ctrl-C, too many failures, a write error) closes the joblib generator;
+# joblib then warns that the remaining tasks were cancelled, which is expected there.
+warnings.filterwarnings("ignore", message=r"\d+ tasks ", category=UserWarning)
 
 
 def resolve_n_jobs(n_jobs: int | None) -> int:

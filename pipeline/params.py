@@ -4,6 +4,12 @@ Every section of ``params.yaml`` holds the quick configuration's values and may 
 ``paper:`` block; with the top-level ``config: paper`` the keys of that block override the
 section's own (recursively for nested mappings).  Stages call :func:`section` and never look at
 ``paper:`` themselves.
+
+:func:`load` checks the whole file against :mod:`pipeline.params_schema` (unknown keys, types,
+ranges; both configurations) before a stage does any work.  ``./mer`` runs the same check before
+``dvc`` (which removes a stage's outputs before running it)::
+
+    python -m pipeline.params validate [params.yaml]     # exit 0, or one line per error and 2
 """
 
 from __future__ import annotations
@@ -23,25 +29,46 @@ class ParamsError(ValueError):
     """``params.yaml`` is missing, malformed, or lacks a required key."""
 
 
-def load(path: str | os.PathLike = "params.yaml") -> dict[str, Any]:
-    """Load the whole parameter file.
+def load(path: str | os.PathLike = "params.yaml", validate: bool = True) -> dict[str, Any]:
+    """Load the whole parameter file and (by default) check it (:func:`errors`).
 
     Raises
     ------
     ParamsError
-        If the file is missing, is not a YAML mapping, or ``config`` is not quick/paper.
+        If the file is missing, is not a YAML mapping, ``config`` is not quick/paper, or (with
+        ``validate``) a key is unknown, of the wrong type or out of range: one line per error.
     """
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: parameter file not found (run from the project root)")
-    with path.open(encoding="utf-8") as fh:
-        params = yaml.safe_load(fh)
+    try:
+        with path.open(encoding="utf-8") as fh:
+            params = yaml.safe_load(fh)
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(params, dict):
         raise ParamsError(f"{path}: expected a YAML mapping at the top level")
     config = params.get("config", "quick")
     if config not in CONFIGS:
         raise ParamsError(f"{path}: config must be one of {CONFIGS}, got {config!r}")
+    if validate:
+        problems = errors(params)
+        if problems:
+            raise ParamsError("\n".join(f"{path}: {p}" for p in problems))
     return params
+
+
+def errors(params: Mapping[str, Any]) -> list[str]:
+    """Every error of ``params`` against :mod:`pipeline.params_schema`, one line each.
+
+    The file is resolved for both configurations; an error that only the ``paper:`` blocks
+    cause ends in ``(config: paper)``.
+    """
+    from pipeline.params_schema import check
+
+    quick = check(resolve(params, "quick"))
+    paper = [e for e in check(resolve(params, "paper")) if e not in quick]
+    return quick + [f"{e} (config: paper)" for e in paper]
 
 
 def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -92,3 +119,26 @@ def env_or(value: str | None, env_var: str) -> str | None:
     if value not in (None, ""):
         return str(value)
     return os.environ.get(env_var) or None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pipeline.params validate [params.yaml]``: 0 when valid, else 2 and one line
+    per error on stderr."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m pipeline.params",
+                                 description="check params.yaml against pipeline/params_schema.py")
+    ap.add_argument("command", choices=["validate"])
+    ap.add_argument("path", nargs="?", default="params.yaml")
+    args = ap.parse_args(argv)
+    try:
+        load(args.path)
+    except ParamsError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

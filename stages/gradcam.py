@@ -21,7 +21,7 @@ import sys
 
 import torch
 
-from pipeline.io import setup_logging, write_json
+from pipeline.io import start_stage, write_json
 from pipeline.params import load, section
 from pipeline.training.data import read_samples
 from pipeline.training.methods_infusenet import gradcam_columns, render_gradcam_figure
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="metrics/gradcam.png")
     parser.add_argument("--info", default="metrics/gradcam.json")
     args = parser.parse_args(argv)
-    setup_logging()
+    start_stage("gradcam")
     log = logging.getLogger("gradcam")
 
     params = load(args.params)

@@ -26,7 +26,7 @@ from pipeline.databases.index import (
     resolve_roots,
     write_index,
 )
-from pipeline.io import setup_logging
+from pipeline.io import start_stage
 
 log = logging.getLogger("index")
 
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml", help="parameter file")
     parser.add_argument("--out", default="data/index", help="output folder")
     args = parser.parse_args(argv)
-    setup_logging()
+    start_stage("index")
     data: dict = {}
     try:
         prm = params.load(args.params)
@@ -61,9 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     write_index(result, args.out)
     for r in result.results:
         s = r.summary()
-        log.info("%s: %d rows -> %d kept (%d fixed, %d with unreadable cells), %d dropped, "
-                 "%d filtered [%s]", r.database, s["rows"], s["kept"], s["fixed"],
-                 s["unreadable"], s["dropped"], s["filtered"], r.spreadsheet.name)
+        log.info("%s: %d rows -> %d kept (%d fixed, %d with unreadable cells, %d noted), "
+                 "%d dropped, %d filtered [%s]", r.database, s["rows"], s["kept"], s["fixed"],
+                 s["unreadable"], s["noted"], s["dropped"], s["filtered"], r.spreadsheet.name)
     log.info("wrote %s: %d samples, %d AU columns, %d issues", args.out, len(result.samples),
              sum(c.startswith("AU") for c in result.samples.columns), len(result.issues))
     return 0

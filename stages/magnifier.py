@@ -17,7 +17,7 @@ import argparse
 import logging
 import sys
 
-from pipeline.io import setup_logging
+from pipeline.io import start_stage
 from pipeline.magnification.oh2018 import WeightLayoutError
 from pipeline.magnification.train import run_magnifier
 from pipeline.params import ParamsError, load, section
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="models/magnifier", help="(default: %(default)s)")
     ap.add_argument("--metrics", default="metrics/magnifier.json", help="(default: %(default)s)")
     args = ap.parse_args(argv)
-    setup_logging()
+    start_stage("magnifier")
     try:
         params = load(args.params)
         run_magnifier(section("magnifier", params), config=params.get("config", "quick"),

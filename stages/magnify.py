@@ -16,7 +16,7 @@ import logging
 import sys
 
 from pipeline.features.cache import CacheError
-from pipeline.io import setup_logging
+from pipeline.io import start_stage
 from pipeline.magnification.magnify import run_magnify
 from pipeline.params import ParamsError, load, section
 
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--figure", default="data/features/magnified.png",
                     help="(default: %(default)s)")
     args = ap.parse_args(argv)
-    setup_logging()
+    start_stage("magnify")
     try:
         params = load(args.params)
         run_magnify(section("magnify", params), size=int(section("flow", params)["size"]),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.io import atomic_dir, setup_logging
+from pipeline.io import atomic_dir, start_stage
 from pipeline.params import load, section
 from pipeline.reporting.report import write_report
 from pipeline.training.run import method_params
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics", default="metrics")
     parser.add_argument("--reports", default="reports")
     args = parser.parse_args(argv)
-    setup_logging()
+    start_stage("report")
     params = load(args.params)
     options = section("report", params) if "report" in params else {}
     methods = list(options.get("methods") or (params.get("methods") or {}))

@@ -4,6 +4,12 @@ Reads the ``standin`` section of ``params.yaml`` (profile, seed, faces_dir, land
 n_jobs, out) and builds into a temporary folder beside ``out`` that replaces ``out`` only once the
 build has finished, so an interrupted run never leaves a half-written benchmark behind.
 
+With ``data.source: real`` nothing is built: ``out`` holds only ``NOT_BUILT.md`` (the stages
+downstream depend on ``data/standin`` in ``dvc.yaml``, so the real-data path must not need the
+face photos).  Missing photos or landmarker bundle end in one line saying how to point at local
+copies (``standin.faces_dir`` / ``$MER_FACES_DIR``, ``standin.landmarker_model`` /
+``$MER_LANDMARKER_MODEL``).
+
     python -m stages.standin [--params params.yaml]
 """
 
@@ -14,9 +20,11 @@ import logging
 import time
 from pathlib import Path
 
-from pipeline.io import atomic_dir, setup_logging
+from pipeline.assets import AssetError
+from pipeline.io import atomic_dir, start_stage
 from pipeline.params import load, section
 from pipeline.standin import build_standin
+from pipeline.standin.faces import StandinError
 
 log = logging.getLogger("standin")
 
@@ -26,12 +34,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml", help="parameter file (default: %(default)s)")
     args = parser.parse_args(argv)
-    setup_logging()
+    start_stage("standin")
     params = load(args.params)
     p = section("standin", params)
     seed = p.get("seed")
     seed = int(params.get("seed", 0) if seed is None else seed)
     out = Path(p.get("out") or "data/standin")
+    if (params.get("data") or {}).get("source") == "real":
+        with atomic_dir(out) as tmp:
+            (tmp / "NOT_BUILT.md").write_text(
+                "data.source is real in params.yaml: the stand-in benchmark is not built.\n",
+                encoding="utf-8")
+        log.info("data.source is real: stand-in not built (%s/NOT_BUILT.md)", out)
+        return {"profile": None, "databases": {}}
     start = time.perf_counter()
     with atomic_dir(out) as tmp:
         report = build_standin(tmp, profile=p.get("profile", "quick"), seed=seed,
@@ -45,5 +60,14 @@ def main(argv: list[str] | None = None) -> dict:
     return report
 
 
+HINT = ("offline? point standin.faces_dir (or $MER_FACES_DIR) at a local copy of the face "
+        "photos and standin.landmarker_model (or $MER_LANDMARKER_MODEL) at face_landmarker.task; "
+        "with your own databases set data.source: real")
+
+
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (StandinError, AssetError) as exc:
+        log.error("%s; %s", exc, HINT)
+        raise SystemExit(1) from None

@@ -17,12 +17,15 @@ import argparse
 import logging
 import sys
 
-from pipeline.io import atomic_dir, setup_logging
-from pipeline.params import load
+from pipeline.features.cache import CacheError
+from pipeline.io import atomic_dir, start_stage
+from pipeline.params import ParamsError, load
 from pipeline.reporting.published import published_for
 from pipeline.training.data import read_samples
+from pipeline.training.registry import MethodError
 from pipeline.training.run import data_label, method_params
 from pipeline.training.seeds import resolve_seeds, run_method_seeds
+from pipeline.training.trainer import TrainingError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,19 +37,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="models")
     parser.add_argument("--metrics", default="metrics")
     args = parser.parse_args(argv)
-    setup_logging()
+    start_stage("train")
     log = logging.getLogger("train")
 
-    params = load(args.params)
-    mparams = method_params(params, args.method)
-    seeds = resolve_seeds(mparams.get("seeds"), int(params.get("seed", 0)))
-    published = published_for(mparams.get("published"))
-    samples = read_samples(args.samples)
-    with atomic_dir(f"{args.models}/{args.method}") as models_tmp, \
-            atomic_dir(f"{args.metrics}/{args.method}") as metrics_tmp:
-        run_method_seeds(args.method, mparams, samples, args.features, models_tmp, metrics_tmp,
-                         f"{args.metrics}/{args.method}.json", data_label(params), seeds,
-                         published.as_dict() if published else None)
+    try:
+        params = load(args.params)
+        mparams = method_params(params, args.method)
+        seeds = resolve_seeds(mparams.get("seeds"), int(params.get("seed", 0)))
+        published = published_for(mparams.get("published"))
+        samples = read_samples(args.samples)
+        with atomic_dir(f"{args.models}/{args.method}") as models_tmp, \
+                atomic_dir(f"{args.metrics}/{args.method}") as metrics_tmp:
+            run_method_seeds(args.method, mparams, samples, args.features, models_tmp,
+                             metrics_tmp, f"{args.metrics}/{args.method}.json",
+                             data_label(params), seeds,
+                             published.as_dict() if published else None)
+    except (ParamsError, MethodError, CacheError, TrainingError, FileNotFoundError,
+            KeyError, ValueError) as exc:
+        # Bad parameters or inputs: one line per problem, no traceback (params.yaml's own
+        # errors are one line each already).
+        for line in str(exc).strip("'\"").splitlines():
+            log.error("%s: %s", args.method, line)
+        return 1
     log.info("%s: wrote %s/%s.json", args.method, args.metrics, args.method)
     return 0
 

@@ -227,31 +227,57 @@ def build_fourd(root: Path) -> Path:
     return root
 
 
+#: The ME label file's header: no expression-type column (every row is a micro-expression).
 CASME3A_HEADER = ["Subject", "Filename", "Onset", "Apex", "Offset", "AU", "Objective class",
-                  "emotion", "Expression type"]
+                  "emotion"]
+#: The full part-A file's header: no emotion, an expression-type column.
+CASME3A_FULL_HEADER = ["Subject", "Filename", "Onset", "Apex", "Offset", "AU", "Expression type",
+                       "Objective class"]
 
 
-def build_casme3a(root: Path) -> Path:
-    """CAS(ME)^3 part A: the JpgIndex sheet and ``ME_A/{Subject}/{Filename}/color/{k}.jpg``.
-
-    Rows: 0 ``a`` micro, AU ``4，7`` (Chinese comma); 1 ``a`` macro (filtered); 2 ``a`` micro
-    (→ ``a2``), ``ref(7B)+43``; 3 ``a`` micro (→ ``a3``), ``1,2``; 4 ``b`` micro, others; 5 empty
-    expression type (dropped).
-    """
-    rows = [
-        ["spNO.1", "a", 0, 2, 4, "4\uff0c7", 1, "disgust", "Micro-expression"],
-        ["spNO.1", "a", 10, 11, 13, "L12+R12", 2, "happy", "Macro-expression"],
-        ["spNO.1", "a", 20, 22, 24, "ref(7B)+43", 2, "happy", "Micro-expression"],
-        ["spNO.1", "a", 30, 31, 33, "1,2", 3, "surprise", "micro-expression"],
-        ["spNO.2", "b", 5, 6, 8, "12", 2, "others", "Micro-expression"],
-        ["spNO.2", "c", 1, 2, 3, "4", 1, "sad", None],
-    ]
-    write_sheet(root / "cas(me)3_part_A_ME_label_JpgIndex_v2.xlsx", CASME3A_HEADER, rows)
+def _casme3a_frames(root: Path) -> Path:
     top = root / "ME_A"
     write_frames(top / "spNO.1" / "a" / "color", numbered("{}.jpg", range(0, 36)))
     write_frames(top / "spNO.2" / "b" / "color", numbered("{}.jpg", range(0, 11)))
     write_frames(top / "spNO.2" / "c" / "color", numbered("{}.jpg", range(0, 5)))
     return root
+
+
+def build_casme3a(root: Path) -> Path:
+    """CAS(ME)^3 part A: the ME label file and ``ME_A/{Subject}/{Filename}/color/{k}.jpg``.
+
+    Cells typed as in the real v2 file (frame numbers int, a one-AU cell int, ``+`` only).  Rows: 0
+    ``a``; 1 ``a`` (→ ``a2``), ``ref(7B)+43``; 2 ``a`` (→ ``a3``); 3 ``b``, others; 4 ``c`` offset
+    before the onset (dropped).
+    """
+    rows = [
+        ["spNO.1", "a", 0, 2, 4, "4+7", "I", "disgust"],
+        ["spNO.1", "a", 20, 22, 24, "ref(7B)+43", "II", "happy"],
+        ["spNO.1", "a", 30, 31, 33, "1+2", "III", "surprise"],
+        ["spNO.2", "b", 5, 6, 8, 12, "II", "others"],
+        ["spNO.2", "c", 3, 2, 1, 4, "I", "sad"],
+    ]
+    write_sheet(root / "cas(me)3_part_A_ME_label_JpgIndex_v2.xlsx", CASME3A_HEADER, rows)
+    return _casme3a_frames(root)
+
+
+def build_casme3a_full(root: Path) -> Path:
+    """CAS(ME)^3 part A: the full file (macro and micro rows), saved as ``.xlsx``.
+
+    Rows: 0 ``a`` micro, AU ``4，7`` (Chinese comma); 1 ``a`` macro (filtered); 2 ``a`` micro (→
+    ``a2``), ``ref(7B)+43``; 3 ``a`` micro (→ ``a3``), ``1,2``; 4 ``b`` micro; 5 empty expression
+    type (dropped).
+    """
+    rows = [
+        ["spNO.1", "a", 0, 2, 4, "4\uff0c7", "Micro-expression", "I"],
+        ["spNO.1", "a", 10, 11, 13, "L12+R12", "Macro-expression", "II"],
+        ["spNO.1", "a", 20, 22, 24, "ref(7B)+43", "Micro-expression", "II"],
+        ["spNO.1", "a", 30, 31, 33, "1,2", "micro-expression", "III"],
+        ["spNO.2", "b", 5, 6, 8, "12", "Micro-expression", "II"],
+        ["spNO.2", "c", 1, 2, 3, "4", None, "I"],
+    ]
+    write_sheet(root / "CAS(ME)3_part_A_v2.xlsx", CASME3A_FULL_HEADER, rows)
+    return _casme3a_frames(root)
 
 
 SMIC_HEADER = [None, "subject", "material", "onset", "offset", "emotion"]

@@ -391,6 +391,17 @@ def test_killed_flow_stage_leaves_no_file_and_rerun_matches(flow_run, faces_run,
     left = sorted(p.name for p in out.parent.iterdir())
     assert not out.exists() and not [n for n in left if n.startswith(".flow.h5")], (
         left, b"".join(chunks).decode(errors="replace"))
+    # Ctrl-C: one line, no traceback, ended by SIGINT (the shell shows 130), no temporary.
+    proc, chunks = _start_stage("flow", args, ROOT)
+    _wait_progress(proc, chunks, r"flow:\s+\d+%.*\b[1-5]/6")
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(60) == -signal.SIGINT
+    end = time.monotonic() + 10   # the drain thread reads what is left on the pipe
+    while b"nothing was written" not in b"".join(chunks) and time.monotonic() < end:
+        time.sleep(0.02)
+    err = b"".join(chunks).decode(errors="replace")
+    assert "Traceback" not in err and err.count("interrupted") == 1, err
+    assert not out.exists() and not list(out.parent.glob(".flow.h5*")), err
     # SIGKILL: no chance to clean up; the partial file exists only under its temporary name.
     proc, chunks = _start_stage("flow", args, ROOT)
     _wait_progress(proc, chunks, r"flow:\s+\d+%.*\b[1-5]/6")

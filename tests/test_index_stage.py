@@ -91,8 +91,8 @@ def test_build_index_table(tmp_path):
     assert df.groupby("database").size().to_dict() == {
         "casme": 4, "casme2": 6, "samm": 5, "mmew": 3, "fourd": 4, "casme3a": 4, "smic": 3}
     assert list(result.summary) == list(KEYS)
-    assert result.summary["casme3a"] == {"rows": 6, "kept": 4, "fixed": 0, "dropped": 1,
-                                         "filtered": 1, "unreadable": 0}
+    assert result.summary["casme3a"] == {"rows": 5, "kept": 4, "fixed": 0, "dropped": 1,
+                                         "filtered": 0, "unreadable": 0, "noted": 0}
     assert sum(s["dropped"] for s in result.summary.values()) == 8
     assert len(result.issues) == 21
     assert list(result.issues.columns) == list(ISSUE_COLUMNS)
@@ -147,7 +147,8 @@ def test_all_databases_are_checked_before_any_row_is_read(tmp_path, monkeypatch)
 def test_write_and_load_round_trip(tmp_path):
     result = build_index(build_all(tmp_path / "raw"), LENIENT)
     out = write_index(result, tmp_path / "index")
-    assert sorted(p.name for p in out.iterdir()) == ["issues.csv", "samples.csv", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["frames.csv", "issues.csv", "samples.csv",
+                                                     "summary.json"]
     df = load_samples(out)
     pd.testing.assert_frame_equal(df, result.samples, check_dtype=False)
     assert df["subject"][df.database == "samm"].tolist() == ["006", "006", "007", "007", "007"]
@@ -192,8 +193,8 @@ def test_stage_main(tmp_path, capsys):
                        "--out", str(out)]) == 0
     assert len(load_samples(out)) == 11
     lines = capsys.readouterr().err.splitlines()  # the stage logs to stderr
-    assert "index: casme2: 8 rows -> 6 kept (3 fixed, 0 with unreadable cells), 2 dropped, 0 filtered " \
-           "[CASME2-coding-20140508.xlsx]" in lines
+    assert "index: casme2: 8 rows -> 6 kept (3 fixed, 0 with unreadable cells, 0 noted), 2 " \
+           "dropped, 0 filtered [CASME2-coding-20140508.xlsx]" in lines
     assert any(line.startswith("index: samm: 6 rows -> 5 kept") for line in lines)
 
 
@@ -231,8 +232,11 @@ def test_dvc_repro_index(tmp_path):
         pytest.skip(f"no dvc executable beside {sys.executable}")
     repo = tmp_path / "repo"
     (repo / "pipeline").mkdir(parents=True)
-    for name in ("__init__.py", "params.py", "io.py"):
+    for name in ("__init__.py", "params.py", "params_schema.py", "io.py"):
         shutil.copy(PROJECT / "pipeline" / name, repo / "pipeline" / name)
+    (repo / "pipeline" / "training").mkdir()
+    for name in ("__init__.py", "families.py"):  # the method families' params schema
+        shutil.copy(PROJECT / "pipeline" / "training" / name, repo / "pipeline" / "training" / name)
     shutil.copytree(PROJECT / "pipeline" / "databases", repo / "pipeline" / "databases",
                     ignore=shutil.ignore_patterns("__pycache__"))
     (repo / "stages").mkdir()

@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 from fixtures_databases import (
     CASME2_HEADER,
+    CASME3A_HEADER,
     build_casme,
     build_casme2,
     build_casme3a,
+    build_casme3a_full,
     build_fourd,
     build_mmew,
     build_samm,
@@ -70,7 +72,7 @@ def test_casme(tmp_path):
         (6, "casme/sub03/EP03_2", "onset not a frame number", "dropped"),
     ]
     assert r.summary() == {"rows": 6, "kept": 4, "fixed": 3, "dropped": 2, "filtered": 0,
-                           "unreadable": 1}
+                           "unreadable": 1, "noted": 0}
     # the issue names the folder it expected
     missing = r.issues[3]
     assert missing.file == str(tmp_path / "CASME" / "sub02" / "EP02_2")
@@ -105,7 +107,7 @@ def test_casme2(tmp_path):
     ]
     assert "frames not on disk: 4" in r.issues[1].detail
     assert r.summary() == {"rows": 8, "kept": 6, "fixed": 3, "dropped": 2, "filtered": 0,
-                           "unreadable": 0}
+                           "unreadable": 0, "noted": 0}
 
 
 def test_casme2_prefers_the_updated_coding_file(tmp_path):
@@ -195,40 +197,76 @@ def test_fourd(tmp_path, drop_k, first):
 
 
 def test_casme3a(tmp_path):
+    """The ME label file: no expression-type column, every row a sample."""
     r = read("casme3a", build_casme3a(tmp_path / "CASME3"))
     assert table(r) == [
         ("casme3a/spNO.1/a", 0, 0, 2, 4, 5, (4, 7), "disgust", "", "negative"),
-        ("casme3a/spNO.1/a2", 2, 20, 22, 24, 5, (7, 43), "happy", "", "positive"),
-        ("casme3a/spNO.1/a3", 3, 30, 31, 33, 4, (1, 2), "surprise", "", "surprise"),
-        ("casme3a/spNO.2/b", 4, 5, 6, 8, 4, (12,), "others", "", ""),
+        ("casme3a/spNO.1/a2", 1, 20, 22, 24, 5, (7, 43), "happy", "", "positive"),
+        ("casme3a/spNO.1/a3", 2, 30, 31, 33, 4, (1, 2), "surprise", "", "surprise"),
+        ("casme3a/spNO.2/b", 3, 5, 6, 8, 4, (12,), "others", "", ""),
     ]
     # the repeated Filename shares the video's frame folder
     assert {s.frame_dir for s in r.samples[:3]} == {
         (tmp_path / "CASME3" / "ME_A" / "spNO.1" / "a" / "color").as_posix()}
     assert r.samples[1].frames == tuple(f"{k}.jpg" for k in range(20, 25))
+    assert problems(r) == [(4, "casme3a/spNO.2/c", "offset before onset", "dropped")]
+    assert r.summary() == {"rows": 5, "kept": 4, "fixed": 0, "dropped": 1, "filtered": 0,
+                           "unreadable": 0, "noted": 0}
+
+
+def test_casme3a_full_file(tmp_path):
+    """The full part-A file: micro rows only, numbered among themselves; no emotion column."""
+    r = read("casme3a", build_casme3a_full(tmp_path / "CASME3"))
+    assert table(r) == [
+        ("casme3a/spNO.1/a", 0, 0, 2, 4, 5, (4, 7), "", "", ""),
+        ("casme3a/spNO.1/a2", 2, 20, 22, 24, 5, (7, 43), "", "", ""),
+        ("casme3a/spNO.1/a3", 3, 30, 31, 33, 4, (1, 2), "", "", ""),
+        ("casme3a/spNO.2/b", 4, 5, 6, 8, 4, (12,), "", "", ""),
+    ]
     # the macro-expression row is filtered, not an issue; the untyped row is dropped
-    assert problems(r) == [(5, "casme3a/spNO.2/c", "expression type missing", "dropped")]
+    assert [p for p in problems(r) if p[2] != "emotion missing"] == [
+        (5, "casme3a/spNO.2/c", "expression type missing", "dropped")]
     assert r.summary() == {"rows": 6, "kept": 4, "fixed": 0, "dropped": 1, "filtered": 1,
-                           "unreadable": 0}
+                           "unreadable": 4, "noted": 0}
 
 
-def test_casme3a_per_sample_folders_are_a_fallback(tmp_path):
-    """A copy cut per sample ({Filename}{n}/color) is read when the video folder is absent."""
+def test_casme3a_needs_emotion_or_expression_type(tmp_path):
+    root = build_casme3a(tmp_path / "CASME3")
+    write_sheet(root / "cas(me)3_part_A_ME_label_JpgIndex_v2.xlsx", CASME3A_HEADER[:-1],
+                [["spNO.1", "a", 0, 2, 4, "4", "I"]])
+    with pytest.raises(DatabaseError, match="neither the ME label file's 'emotion' column"):
+        READERS["casme3a"](root).check()
+
+
+def test_xls_without_xlrd_says_what_to_do(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "xlrd", None)  # import fails as if not installed
+    root = tmp_path / "CASME3"
+    root.mkdir()
+    (root / "CAS(ME)3_part_A_v2.xls").write_bytes(b"\xd0\xcf\x11\xe0")
+    (root / "ME_A").mkdir()
+    with pytest.raises(DatabaseError, match=r"needs the package xlrd .* save it as "
+                                            r"CAS\(ME\)3_part_A_v2\.xlsx"):
+        READERS["casme3a"](root).check()
+
+
+def test_casme3a_per_sample_folders(tmp_path):
+    """The reference extraction's tree, one folder per sample ({Filename}{n}/color), is read where
+    it exists; the video's folder otherwise (issue #11: trying the video first dropped a2)."""
     root = build_casme3a(tmp_path / "CASME3")
     video = root / "ME_A" / "spNO.1" / "a"
+    r = read("casme3a", root)
+    a2 = next(s for s in r.samples if s.material == "a2")
+    assert a2.frame_dir.endswith("ME_A/spNO.1/a/color") and a2.onset == 20
     (video.parent / "a2" / "color").mkdir(parents=True)
     for k in range(20, 25):
         (video / "color" / f"{k}.jpg").rename(video.parent / "a2" / "color" / f"{k}.jpg")
     r = read("casme3a", root)
-    # the video folder still exists and is the release layout: a2's frames are not in it
-    assert "a2" not in [s.material for s in r.samples]
-    assert [(i.problem, i.file) for i in r.issues if i.sample_id.endswith("/a2")] == [
-        ("no frames between onset and offset", str(video / "color"))]
-    import shutil
-    shutil.rmtree(video)
-    r = read("casme3a", root)
     a2 = next(s for s in r.samples if s.material == "a2")
     assert a2.frame_dir.endswith("ME_A/spNO.1/a2/color") and a2.onset == 20
+    assert a2.frames == tuple(f"{k}.jpg" for k in range(20, 25))
+    assert not [i for i in r.issues if i.sample_id.endswith("/a2")]
 
 
 def test_smic(tmp_path):
@@ -296,7 +334,8 @@ def test_missing_spreadsheet(tmp_path):
     with pytest.raises(DatabaseError) as err:
         READERS["casme2"](root).check()
     msg = str(err.value)
-    assert "CASME2-coding-updated.xlsx or CASME2-coding-20140508.xlsx" in msg
+    assert ("CASME2-coding-updated.xlsx or CASME2-coding-20190701.xlsx or "
+            "CASME2-coding-20140508.xlsx") in msg
     assert "coding.xlsx" in msg and str(root) in msg
 
 

@@ -5,11 +5,22 @@ A reader (one subclass of :class:`DatabaseReader` per database, after the one-cl
 design of the CD6ME reference tooling ``meb``, Varanka et al., IEEE TAFFC 2024) declares its
 release layout — the annotation file name(s), the header names of the columns it uses, the frame
 tree — and overrides a few hooks for its quirks.  Unlike ``meb``, which hard-codes corrections of
-individual rows and prints, a reader here applies general rules and reports each application as an
-:class:`Issue` (``fixed``, ``dropped`` or ``unreadable``), so that the same code runs on the real
-releases and on the stand-in, and nothing disappears unnoticed.
+individual rows and prints, a reader here keeps such per-row facts as data and applies general
+rules, and reports each application as an :class:`Issue` (``fixed``, ``dropped``, ``unreadable``
+or ``noted``), so that the same code runs on the real releases and on the stand-in, and nothing
+disappears unnoticed.
 
-Rules every reader applies (DATASETS.md, "Per database"):
+First, the **corrections table** of the database (``corrections/<key>.csv`` beside the readers,
+:func:`load_corrections`): known fixes of single cells of a named release file — the CD6ME
+benchmark's choice for ``or`` AU cells, typo'd offsets, reversed onset/offset, apexes it measured
+— each row naming the file, row, subject, file name, field, old value, new value and its source
+(the reference tooling's file and line, or the database's errata).  A correction is applied only
+when the row holds the subject, file name and old value it names (recorded ``fixed``, problem
+``<field> corrected``); one that does not fit is recorded (``unreadable``, "correction not
+applied") and the general rules apply; a file that fits none of its table's rows (another
+revision, the stand-in) gets none.
+
+Then the rules every reader applies (DATASETS.md, "Per database"):
 
 * **Frames.** A sample's folder is listed for ``.jpg``/``.jpeg``/``.bmp``/``.png`` files (any case;
   hidden files such as macOS ``._img1.jpg`` are skipped).  A frame's number is the last run of
@@ -21,6 +32,11 @@ Rules every reader applies (DATASETS.md, "Per database"):
   image files without a digit are ignored (``fixed``).
 * **Onset / offset.** A missing, ``/`` or non-integral cell, or an offset before the onset, makes
   the row unusable (``dropped``): no rule recovers the extent of the movement.
+* **Duration** (plausibility): at the release's frame rate (:attr:`DatabaseReader.fps`), a row
+  longer than :data:`MAX_DURATION_S` (60 s) is dropped — a typo in a frame number, not a facial
+  movement — and one longer than :data:`ME_DURATION_LIMIT_S` (1 s, twice the usual 0.5 s limit of
+  a micro-expression) is kept as annotated and recorded (``noted``), as the CD6ME benchmark keeps
+  it.
 * **Apex.** A missing, ``/`` or non-integral apex, or one outside [onset, offset], is set to the
   middle frame ``onset + (offset − onset) // 2`` (``fixed``) — the rule the protocols use for the
   apex-free SMIC, and the frame that is, on average, nearest the true apex.  Clamping into the
@@ -65,8 +81,18 @@ log = logging.getLogger("index")
 
 #: File name extensions of frames (compared lower-case).
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".bmp", ".png"})
-#: What a reader did about a row (the ``action`` column of ``issues.csv``).
-ACTIONS = ("fixed", "dropped", "unreadable")
+#: What a reader did about a row (the ``action`` column of ``issues.csv``): ``noted`` keeps the
+#: row unchanged and records something implausible about it.
+ACTIONS = ("fixed", "dropped", "unreadable", "noted")
+#: The usual upper limit of a micro-expression's duration (onset to offset), seconds; a longer
+#: sample is kept and recorded (``noted``).  Twice the 0.5 s of the common definition (Yan et al.
+#: 2013), because the releases annotate offsets generously: 277 of the 860 CAS(ME)^3 part A rows
+#: the CD6ME benchmark keeps last longer than 1 s at 30 fps.
+ME_DURATION_LIMIT_S = 1.0
+#: A sample longer than this (seconds) cannot be a facial movement's onset..offset: a typo in a
+#: frame number (CAS(ME)^3 part A row 708, 5..3460 at 30 fps = 115 s); it is dropped unless a
+#: corrections table fixes it.  The longest row the CD6ME benchmark keeps lasts 24.3 s.
+MAX_DURATION_S = 60.0
 #: How many leading sheet rows are searched for the header row.
 HEADER_SEARCH_ROWS = 40
 
@@ -318,7 +344,8 @@ def load_sheet(path: str | os.PathLike, required: Mapping[str, Sequence[str]]) -
     Parameters
     ----------
     path : path
-        ``.xlsx`` file.
+        ``.xlsx`` file, or a legacy ``.xls`` file when the package ``xlrd`` is installed
+        (CAS(ME)^3's full part-A file ``CAS(ME)3_part_A_v2.xls``).
     required : mapping of str to sequence of str
         Role (``"onset"``) → accepted header names (``("OnsetF",)``, ``("Action Units", "AU")``).
 
@@ -329,12 +356,38 @@ def load_sheet(path: str | os.PathLike, required: Mapping[str, Sequence[str]]) -
     Raises
     ------
     DatabaseError
-        If the file cannot be read as an ``.xlsx`` workbook, or no header row holds every
-        required column (the message lists what is missing and the closest row found).
+        If the file cannot be read as a workbook (an ``.xls`` without ``xlrd``: the message says
+        to install it or save the file as ``.xlsx``), or no header row holds every required
+        column (the message lists what is missing and the closest row found).
     """
+    path = Path(path)
+    raw = _xls_rows(path) if path.suffix.lower() == ".xls" else _xlsx_rows(path)
+    return _find_header(path, raw, required)
+
+
+def _xls_rows(path: Path) -> list[tuple[Any, ...]]:
+    """The first worksheet of a legacy ``.xls`` (BIFF) workbook, read with ``xlrd`` if present."""
+    try:
+        import xlrd
+    except ImportError:
+        raise DatabaseError(
+            f"{path}: a legacy .xls workbook; reading it needs the package xlrd (pip install "
+            f"xlrd), or open it once in a spreadsheet program and save it as "
+            f"{path.with_suffix('.xlsx').name} beside it") from None
+    try:
+        book = xlrd.open_workbook(str(path))
+        sheet = book.sheet_by_index(0)
+        empty = (xlrd.XL_CELL_EMPTY, xlrd.XL_CELL_BLANK)
+        return [tuple(None if c.ctype in empty else c.value for c in sheet.row(r))
+                for r in range(sheet.nrows)]
+    except Exception as exc:  # xlrd raises many types for a damaged file
+        raise DatabaseError(f"{path}: cannot be read as an .xls workbook ({exc})") from exc
+
+
+def _xlsx_rows(path: Path) -> list[tuple[Any, ...]]:
+    """The first worksheet of an ``.xlsx`` workbook, as openpyxl gives the cells."""
     import openpyxl
 
-    path = Path(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # openpyxl's notes on unsupported Excel extensions
@@ -347,7 +400,11 @@ def load_sheet(path: str | os.PathLike, required: Mapping[str, Sequence[str]]) -
                 wb.close()
     except Exception as exc:  # openpyxl raises many types for a damaged or foreign file
         raise DatabaseError(f"{path}: cannot be read as an .xlsx workbook ({exc})") from exc
+    return raw
 
+
+def _find_header(path: Path, raw: list[tuple[Any, ...]], required: Mapping[str, Sequence[str]]
+                 ) -> Sheet:
     def blank(row: tuple[Any, ...]) -> bool:
         return all(cell_text(c) == "" for c in row)
 
@@ -378,6 +435,106 @@ def load_sheet(path: str | os.PathLike, required: Mapping[str, Sequence[str]]) -
     raise DatabaseError(
         f"{path}: no header row with the expected columns {expected}; the closest, sheet row "
         f"{best + 1}, lacks {', '.join(missing)} (it has {present})")
+
+
+# ---------------------------------------------------------------------------------------------
+# Corrections tables
+
+#: Folder of the corrections tables, one CSV per database key (``casme3a.csv``).
+CORRECTIONS_DIR = Path(__file__).with_name("corrections")
+#: Columns of a corrections table.
+CORRECTION_COLUMNS = ("file", "row", "subject", "material", "field", "was", "value", "source",
+                      "reason")
+#: Roles a correction may change.
+CORRECTABLE = ("onset", "apex", "offset", "au", "emotion")
+
+
+@dataclass(frozen=True)
+class Correction:
+    """One row of a corrections table: a known fix of one cell of one release file.
+
+    Attributes
+    ----------
+    file : str
+        The annotation file it applies to (file name, compared case-insensitively).
+    row : int
+        0-based data row (pandas' view, as :class:`Sheet` numbers them).
+    subject, material : str
+        The row's ``Subject`` and ``Filename`` cells as text: the row is corrected only when they
+        match (so a table never lands on another revision's row).
+    field : str
+        Role of the cell: one of :data:`CORRECTABLE`.
+    was : str
+        The cell as the release has it (text, ``""`` for empty); must match too.
+    value : str
+        The corrected cell (text; frame numbers as integers).
+    source : str
+        Where the fact comes from: the reference tooling's file and line, or the database's
+        errata file.
+    reason : str
+        Why.
+    """
+
+    file: str
+    row: int
+    subject: str
+    material: str
+    field: str
+    was: str
+    value: str
+    source: str
+    reason: str
+
+
+def load_corrections(key: str, folder: str | os.PathLike | None = None) -> list[Correction]:
+    """The corrections table of database ``key`` (empty when it has none).
+
+    Parameters
+    ----------
+    key : str
+        Database key; the table is ``<folder>/<key>.csv``.
+    folder : path, optional
+        Default :data:`CORRECTIONS_DIR`.
+
+    Returns
+    -------
+    list of Correction
+        In table order.
+
+    Raises
+    ------
+    DatabaseError
+        If the table lacks a column of :data:`CORRECTION_COLUMNS`, has a non-integral or negative
+        row, a field outside :data:`CORRECTABLE`, or two corrections of the same cell.
+    """
+    import csv
+
+    path = Path(folder if folder is not None else CORRECTIONS_DIR) / f"{key}.csv"
+    if not path.is_file():
+        return []
+    with path.open(encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in CORRECTION_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DatabaseError(f"{path}: corrections table lacks the columns {missing}")
+        out: list[Correction] = []
+        seen: set[tuple[str, int, str]] = set()
+        for n, rec in enumerate(reader, start=2):
+            row = integer_of(rec["row"])
+            if row is None or row < 0:
+                raise DatabaseError(f"{path}:{n}: row must be a data row number, got "
+                                    f"{rec['row']!r}")
+            if rec["field"] not in CORRECTABLE:
+                raise DatabaseError(f"{path}:{n}: field must be one of {CORRECTABLE}, got "
+                                    f"{rec['field']!r}")
+            cell = (rec["file"].casefold(), row, rec["field"])
+            if cell in seen:
+                raise DatabaseError(f"{path}:{n}: a second correction of {rec['field']} in row "
+                                    f"{row} of {rec['file']}")
+            seen.add(cell)
+            out.append(Correction(rec["file"], row, *(cell_text(rec[c]) for c in (
+                "subject", "material", "field", "was", "value", "source", "reason"))))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -474,9 +631,9 @@ class ReadResult:
     filtered: int = 0
 
     def summary(self) -> dict[str, int]:
-        """``{"rows", "kept", "fixed", "dropped", "filtered", "unreadable"}``: ``rows = kept +
-        dropped + filtered``; ``fixed`` / ``unreadable`` count kept samples with at least one
-        issue of that action."""
+        """``{"rows", "kept", "fixed", "dropped", "filtered", "unreadable", "noted"}``: ``rows =
+        kept + dropped + filtered``; ``fixed`` / ``unreadable`` / ``noted`` count kept samples
+        with at least one issue of that action."""
         kept_rows = {s.row for s in self.samples}
 
         def rows_with(action: str) -> int:
@@ -485,7 +642,7 @@ class ReadResult:
         dropped = len({i.row for i in self.issues if i.action == "dropped"})
         return {"rows": self.rows, "kept": len(self.samples), "fixed": rows_with("fixed"),
                 "dropped": dropped, "filtered": self.filtered,
-                "unreadable": rows_with("unreadable")}
+                "unreadable": rows_with("unreadable"), "noted": rows_with("noted")}
 
 
 @dataclass(frozen=True)
@@ -548,6 +705,10 @@ class RowContext:
         """Record a cell (part) that could not be read (the sample is kept without it)."""
         self.record(problem, "unreadable", detail, file)
 
+    def note(self, problem: str, detail: str, file: str | os.PathLike | None = None) -> None:
+        """Record something implausible about a row that is kept unchanged."""
+        self.record(problem, "noted", detail, file)
+
     def drop(self, problem: str, detail: str, file: str | os.PathLike | None = None) -> _Dropped:
         """Record why the row is dropped; ``raise ctx.drop(...)`` ends the row."""
         self.record(problem, "dropped", detail, file)
@@ -589,8 +750,12 @@ class DatabaseReader:
     #: Role → accepted header names.  Roles: subject, material, onset, apex, offset, au, emotion
     #: (apex and au may be absent: SMIC) and reader-specific ones.
     columns: ClassVar[dict[str, tuple[str, ...]]] = {}
+    #: Roles whose column a release may lack (role → accepted header names).
+    optional_columns: ClassVar[dict[str, tuple[str, ...]]] = {}
     #: Separators of the AU cell.
     au_separators: ClassVar[str] = PLUS
+    #: Frame rate of the release's videos (frames per second), for the duration check.
+    fps: ClassVar[float] = 0.0
 
     def __init__(self, root: str | os.PathLike, options: ReaderOptions | None = None):
         self.root = Path(root)
@@ -648,6 +813,10 @@ class DatabaseReader:
             index = sheet.find(names)
             assert index is not None  # load_sheet found every role
             self._roles[role] = index
+        for role, names in self.optional_columns.items():
+            index = sheet.find(names)
+            if index is not None:
+                self._roles[role] = index
         self.check_sheet(sheet)
         if self.frames_folder is not None and not self._child(self.root,
                                                                self.frames_folder).is_dir():
@@ -685,6 +854,26 @@ class DatabaseReader:
     def select(self, ctx: RowContext) -> bool:
         """Hook: ``False`` leaves the row out by design (counted as ``filtered``)."""
         return True
+
+    def check_duration(self, ctx: RowContext, onset: int, offset: int) -> None:
+        """The plausibility check of a row's extent at the release's frame rate.
+
+        ``(offset - onset + 1) / fps`` seconds longer than :data:`MAX_DURATION_S` drops the row (a
+        typo in a frame number); longer than :data:`ME_DURATION_LIMIT_S` is recorded (``noted``)
+        and kept, as the CD6ME benchmark keeps such rows.  Readers without ``fps`` skip it.
+        """
+        if self.fps <= 0:
+            return
+        seconds = (offset - onset + 1) / self.fps
+        where = f"onset {onset}, offset {offset}: {offset - onset + 1} frames"
+        if seconds > MAX_DURATION_S:
+            raise ctx.drop("implausible duration",
+                           f"{where} = {seconds:.1f} s at {self.fps:g} fps, longer than "
+                           f"{MAX_DURATION_S:g} s: a typo in the onset or offset")
+        if seconds > ME_DURATION_LIMIT_S:
+            ctx.note("long for a micro-expression",
+                     f"{where} = {seconds:.2f} s at {self.fps:g} fps (> {ME_DURATION_LIMIT_S:g} "
+                     "s); kept as annotated")
 
     def read_apex(self, ctx: RowContext, onset: int, offset: int) -> int:
         """The apex frame: the annotated one, or the middle frame when it is unusable."""
@@ -786,6 +975,7 @@ class DatabaseReader:
             self.check()
         assert self.sheet is not None and self.spreadsheet is not None
         materials = self.materials(self.sheet)
+        corrections = self.corrections()
         samples: list[Sample] = []
         issues: list[Issue] = []
         seen: dict[str, int] = {}
@@ -799,6 +989,8 @@ class DatabaseReader:
             subjects = self.subject_names(ctx.cells.get("subject"))
             if subjects and materials[i]:  # provisional, for issues recorded before the folder
                 ctx.sample_id = f"{self.key}/{subjects[0]}/{materials[i]}"
+            for correction in corrections.pop(i, []):
+                self._correct(ctx, correction)
             try:
                 if not self.select(ctx):
                     filtered += 1
@@ -809,7 +1001,72 @@ class DatabaseReader:
                 pass
             finally:
                 issues.extend(ctx.issues)
+        for row, left in sorted(corrections.items()):
+            log.warning("%s: %s has no data row %d; %d correction(s) of the corrections table not "
+                        "applied (%s)", self.key, self.spreadsheet.name, row, len(left),
+                        left[0].source)
         return ReadResult(self.key, self.spreadsheet, samples, issues, rows, filtered)
+
+    def corrections(self) -> dict[int, list[Correction]]:
+        """The corrections of the annotation file being read, by data row.
+
+        Only those of the table (:func:`load_corrections`) whose ``file`` is this annotation
+        file's name (the extension aside: ``.xls`` saved as ``.xlsx`` is the same file); a field
+        whose column this file lacks is an error.  When not one of them fits the file (row, subject,
+        file name and old value all as the table says) the file is another revision or the
+        stand-in, and none is applied (logged); otherwise each that does not fit is recorded on
+        its row (``unreadable``, "correction not applied").
+
+        Raises
+        ------
+        DatabaseError
+            If the table is malformed or corrects a column the file does not have.
+        """
+        assert self.spreadsheet is not None
+        stem = self.spreadsheet.stem.casefold()
+        out: dict[int, list[Correction]] = {}
+        for c in load_corrections(self.key):
+            if Path(c.file).stem.casefold() != stem:  # .xls and the same file saved as .xlsx
+                continue
+            if c.field not in self._roles:
+                raise DatabaseError(f"{CORRECTIONS_DIR / (self.key + '.csv')}: corrects the "
+                                    f"{c.field} of row {c.row}, but {self.spreadsheet} has no "
+                                    f"such column")
+            out.setdefault(c.row, []).append(c)
+        fits = sum(self._fits(c) for rows in out.values() for c in rows)
+        if out and not fits:
+            log.info("%s: none of the %d corrections for %s fits this file's rows (another "
+                     "revision, or the stand-in); none applied", self.key,
+                     sum(map(len, out.values())), self.spreadsheet.name)
+            return {}
+        return out
+
+    def _fits(self, c: Correction) -> bool:
+        """The sheet's row ``c.row`` has the subject, file name and cell the correction names."""
+        assert self.sheet is not None
+        if c.row >= len(self.sheet.rows):
+            return False
+        values = self.sheet.rows[c.row]
+        found = (values[self._roles["subject"]], values[self._roles["material"]],
+                 values[self._roles[c.field]])
+        return all(_same_cell(cell_text(v), e)
+                   for v, e in zip(found, (c.subject, c.material, c.was), strict=True))
+
+    def _correct(self, ctx: RowContext, c: Correction) -> None:
+        """Apply one correction to the row's cells when the row is the one the table names."""
+        found = {"subject": ctx.text("subject"), "material": ctx.text("material"),
+                 c.field: ctx.text(c.field)}
+        expected = {"subject": c.subject, "material": c.material, c.field: c.was}
+        if not all(_same_cell(found[k], expected[k]) for k in found):
+            ctx.unreadable("correction not applied",
+                           f"the corrections table changes {c.field} {c.was!r} -> {c.value!r} "
+                           f"in row {c.row} ({c.subject} {c.material}), but the row has "
+                           f"{found}; the general rules apply (source: {c.source})")
+            return
+        ctx.cells[c.field] = c.value
+        ctx.fix(f"{c.field} corrected",
+                f"{c.field} {c.was!r} -> {c.value!r} from the corrections table: {c.reason} "
+                f"(source: {c.source})")
 
     def _read_row(self, ctx: RowContext, material: str, seen: Mapping[str, int]) -> Sample:
         subjects = self.subject_names(ctx.cells.get("subject"))
@@ -842,6 +1099,7 @@ class DatabaseReader:
             raise ctx.drop(f"offset {problem}", f"offset cell {ctx.text('offset')!r}")
         if offset < onset:
             raise ctx.drop("offset before onset", f"onset {onset}, offset {offset}")
+        self.check_duration(ctx, onset, offset)
         apex = self.read_apex(ctx, onset, offset)
 
         onset, apex, offset, names = self._frames(ctx, folder, onset, apex, offset)
@@ -900,6 +1158,14 @@ class DatabaseReader:
             ctx.fix("frames missing", f"frames not on disk: {_first([str(m) for m in missing])} "
                     f"({gaps} of {onset}..{offset}); the frame list skips them", folder)
         return onset, apex, offset, tuple(name for _, name in inside)
+
+
+def _same_cell(a: str, b: str) -> bool:
+    """Two cells as text are the same: equal text, or the same integer (``4`` and ``04``)."""
+    if a == b:
+        return True
+    n = integer_of(a)
+    return n is not None and n == integer_of(b)
 
 
 def _first(items: Sequence[str], n: int = 5) -> str:

@@ -42,6 +42,7 @@ class CasmeReader(DatabaseReader):
     spreadsheets = ("casme.xlsx",)
     frames_folder = None
     layout = "sub{NN}/{Filename}/"
+    fps = 60
     columns = {
         "subject": ("Subject",),
         "material": ("Filename",),

@@ -6,8 +6,10 @@ Release layout read (DATASETS.md)::
     <root>/CASME2-coding-20140508.xlsx   (or the updated release's CASME2-coding-updated.xlsx)
     <root>/CASME2_RAW_selected/sub{NN}/{Filename}/img{k}.jpg     k = frame of the original video
 
-Annotation file: ``CASME2-coding-updated.xlsx`` when present, else ``CASME2-coding-20140508.xlsx``
-(the updated release corrects labels of the original); header in the first row.  Columns used:
+Annotation file, the first present of ``CASME2-coding-updated.xlsx`` (the file the CD6ME tooling
+reads), ``CASME2-coding-20190701.xlsx`` (the 2019-07-01 revision: 255 rows, adds ``Objective
+Classes``; an apex in every row but row 29, where the CD6ME tooling's file lacks 21) and
+``CASME2-coding-20140508.xlsx`` (the original); header in the first row.  Columns used:
 ``Subject``, ``Filename`` (``EP02_01f``), ``OnsetFrame``, ``ApexFrame``, ``OffsetFrame``,
 ``Action Units`` (``R12``, ``4+L10``), ``Estimated Emotion`` (happiness, disgust, repression,
 surprise, others, fear, sadness).  Blank columns ``Unnamed: 2`` and ``Unnamed: 6`` are ignored.
@@ -16,11 +18,13 @@ Corrections and assumptions:
 
 * ``Subject`` may be an integer, an integral float or text; the subject is the folder name
   ``sub{NN}``.
-* The apex cell is missing (``/``) in about 20 rows of the original release; the general rule of
-  :mod:`pipeline.databases.base` sets it to the middle frame and records it.  (The CD6ME tooling
-  instead writes apex frames it estimated by optical flow for these rows; those are measurements
-  on the real data, not a rule, and are not reproduced.)  Likewise an offset beyond the folder's
-  last frame (row 60 of the original) is moved to the last frame and recorded.
+* The corrections table ``corrections/casme2.csv`` gives row 29 of the 2019 revision (sub04
+  EP12_01f, apex ``/``) the apex the CD6ME tooling estimated by optical flow (279); its other 20
+  apexes and its offset fix (row 60) are for the rows of its own ``CASME2-coding-updated.xlsx``,
+  which the 2019 revision numbers differently and already fills (five of its apexes fall outside
+  the 2019 rows' onset..offset), so they are not carried over (README, "Differences from the CD6ME
+  tooling").  Any other missing apex (``/``) → the middle frame; an offset beyond the folder's
+  last frame → the last frame (general rules of :mod:`pipeline.databases.base`, recorded).
 * Emotion: 5 classes disgust, happiness, repression, surprise, others (fear and sadness have no
   5-class label); 3 classes positive = happiness, negative = disgust + repression, surprise.
 """
@@ -38,9 +42,11 @@ class Casme2Reader(DatabaseReader):
 
     key = "casme2"
     title = "CASME II"
-    spreadsheets = ("CASME2-coding-updated.xlsx", "CASME2-coding-20140508.xlsx")
+    spreadsheets = ("CASME2-coding-updated.xlsx", "CASME2-coding-20190701.xlsx",
+                    "CASME2-coding-20140508.xlsx")
     frames_folder = "CASME2_RAW_selected"
     layout = "CASME2_RAW_selected/sub{NN}/{Filename}/"
+    fps = 200
     columns = {
         "subject": ("Subject",),
         "material": ("Filename",),

@@ -65,6 +65,7 @@ class FourdReader(DatabaseReader):
     spreadsheets = ("4DME_Labelling_Micro_release v1.xlsx",)
     frames_folder = "gray_micro"
     layout = "gray_micro/{sub_ID}/{fold_name}/"
+    fps = 60
     columns = {
         "subject": ("sub_ID",),
         "material": ("fold_name",),

@@ -7,12 +7,20 @@
   :data:`BASE_COLUMNS`, then the label columns (the 12 CD6ME AUs ``AU1 AU2 AU4 AU5 AU6 AU7 AU9
   AU10 AU12 AU14 AU15 AU17``, then every other AU labelled present in any kept sample,
   ascending; int 0/1), then :data:`EMOTION_COLUMNS`.
-* ``issues.csv`` — every row a reader fixed, dropped or could not fully read
-  (:data:`ISSUE_COLUMNS`; ``action`` is ``fixed``, ``dropped`` or ``unreadable``).
+* ``issues.csv`` — every row a reader corrected, fixed, dropped, could not fully read or found
+  implausible (:data:`ISSUE_COLUMNS`; ``action`` is ``fixed`` — corrections-table entries
+  included, problem ``<field> corrected`` —, ``dropped``, ``unreadable`` or ``noted``: kept
+  unchanged, e.g. longer than a micro-expression usually lasts).
+* ``frames.csv`` — ``sample_id, n_frames, bytes, fingerprint``: the size and modification time
+  of every frame a sample lists, hashed (:func:`frame_fingerprints`).  The database folders are
+  not DVC dependencies (tens of thousands of frames), but ``faces`` depends on ``data/index``, so
+  replacing frames and re-running ``index`` (``dvc repro -f -s index``) changes this file and
+  re-runs ``faces`` and what follows.  One ``stat`` per frame: cheap on the real databases.
 * ``summary.json`` — ``{database: {"rows", "kept", "fixed", "dropped", "filtered",
-  "unreadable"}}`` in the configured order: ``rows = kept + dropped + filtered`` (non-blank data
-  rows); ``filtered`` counts rows left out by design (CAS(ME)^3 rows that are not
-  micro-expressions); ``fixed`` / ``unreadable`` count kept samples with such an issue.
+  "unreadable", "noted"}}`` in the configured order: ``rows = kept + dropped + filtered``
+  (non-blank data rows); ``filtered`` counts rows left out by design (CAS(ME)^3 rows that are not
+  micro-expressions); ``fixed`` / ``unreadable`` / ``noted`` count kept samples with such an
+  issue.
 
 Every configured database is validated (root, annotation file, columns, frame tree) before any
 row is read, so a misconfigured database stops the stage at once with one message listing every
@@ -22,6 +30,7 @@ after reading, with the counts.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections import Counter
@@ -49,7 +58,7 @@ from pipeline.params import ParamsError
 __all__ = [
     "BASE_COLUMNS", "EMOTION_COLUMNS", "ISSUE_COLUMNS", "IndexBuildError", "IndexOptions",
     "IndexResult", "au_label_columns", "build_index", "check_databases", "frame_number",
-    "frame_numbers", "frame_paths", "load_issues", "load_samples", "resolve_roots",
+    "frame_fingerprints", "frame_numbers", "frame_paths", "load_issues", "load_samples", "resolve_roots",
     "write_index",
 ]
 
@@ -62,7 +71,8 @@ EMOTION_COLUMNS: tuple[str, ...] = ("emotion", "emotion5", "emotion3")
 ISSUE_COLUMNS: tuple[str, ...] = ("database", "row", "file", "sample_id", "problem", "action",
                                   "detail")
 #: Keys of each database's entry in ``summary.json``.
-SUMMARY_KEYS: tuple[str, ...] = ("rows", "kept", "fixed", "dropped", "filtered", "unreadable")
+SUMMARY_KEYS: tuple[str, ...] = ("rows", "kept", "fixed", "dropped", "filtered", "unreadable",
+                                 "noted")
 _INT_COLUMNS = ("row", "onset", "apex", "offset", "n_frames")
 #: Separator of the frame file names in the ``frames`` column.
 FRAME_SEPARATOR = "|"
@@ -329,9 +339,52 @@ def build_index(roots: Mapping[str, str | os.PathLike], options: IndexOptions | 
     )
 
 
+#: Columns of ``frames.csv``.
+FINGERPRINT_COLUMNS: tuple[str, ...] = ("sample_id", "n_frames", "bytes", "fingerprint")
+
+
+def frame_fingerprints(samples: pd.DataFrame, base: str | os.PathLike | None = None
+                       ) -> pd.DataFrame:
+    """One row per sample: its listed frames' count, total size and a hash of their stats.
+
+    The fingerprint is the SHA-1 (hex) of ``name, size, st_mtime_ns`` of every listed frame in
+    order (``name, missing`` for a frame that does not exist), so a replaced, edited, truncated
+    or touched frame changes it; contents are not read (one ``stat`` per frame).
+
+    Parameters
+    ----------
+    samples : DataFrame
+        :func:`samples_table` / :func:`load_samples` rows (``sample_id``, ``frame_dir``,
+        ``frames``).
+    base : path, optional
+        Folder relative ``frame_dir`` values are relative to (default: the working folder).
+
+    Returns
+    -------
+    DataFrame
+        Columns :data:`FINGERPRINT_COLUMNS`; ``bytes`` int (sum of the existing frames' sizes).
+    """
+    rows = []
+    for row in samples.itertuples(index=False):
+        digest = hashlib.sha1()
+        total = 0
+        paths = frame_paths(row, base)
+        for path in paths:
+            try:
+                st = os.stat(path)
+            except OSError:
+                digest.update(f"{path.name}\tmissing\n".encode())
+                continue
+            total += st.st_size
+            digest.update(f"{path.name}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+        rows.append((row.sample_id, len(paths), total, digest.hexdigest()))
+    return pd.DataFrame(rows, columns=list(FINGERPRINT_COLUMNS))
+
+
 def write_index(result: IndexResult, out_dir: str | os.PathLike) -> Path:
-    """Write ``samples.csv``, ``issues.csv`` and ``summary.json`` into ``out_dir`` atomically
-    (the folder is replaced as a whole only when all three are written).
+    """Write ``samples.csv``, ``issues.csv``, ``frames.csv`` (:func:`frame_fingerprints`) and
+    ``summary.json`` into ``out_dir`` atomically (the folder is replaced as a whole only when all
+    are written).
 
     Returns
     -------
@@ -342,6 +395,8 @@ def write_index(result: IndexResult, out_dir: str | os.PathLike) -> Path:
     with atomic_dir(out_dir) as tmp:
         result.samples.to_csv(tmp / "samples.csv", index=False, lineterminator="\n")
         result.issues.to_csv(tmp / "issues.csv", index=False, lineterminator="\n")
+        frame_fingerprints(result.samples).to_csv(tmp / "frames.csv", index=False,
+                                                  lineterminator="\n")
         (tmp / "summary.json").write_text(json.dumps(result.summary, indent=2) + "\n",
                                           encoding="utf-8")
     return out_dir

@@ -44,6 +44,7 @@ class MmewReader(DatabaseReader):
     spreadsheets = ("MMEW_Micro_Exp.xlsx",)
     frames_folder = "Micro_Expression"
     layout = "Micro_Expression/{emotion}/{Filename}/"
+    fps = 90
     columns = {
         "subject": ("Subject",),
         "material": ("Filename",),

@@ -12,17 +12,19 @@ column names below, so a preamble of another length is read too; row numbers cou
 below the header.  Columns used: ``Subject``, ``Filename``, ``Onset Frame``, ``Apex Frame``,
 ``Offset Frame``, ``Action Units`` (``R12 + R15``, ``4+7``, intensity letters ``A``–``E``),
 ``Estimated Emotion`` (Anger, Contempt, Happiness, Surprise, Other, Fear, Sadness, Disgust).
-``Inducement Code``, ``Duration``, ``Type`` and ``Notes`` are ignored.
+``Inducement Code``, ``Duration``, ``Micro``, ``Objective Classes`` and ``Notes`` are ignored.
 
 Corrections and assumptions:
 
-* ``Subject`` is an integer in the release (``6``); an integral float or text (``"006"``) is read
-  too.  The subject is the folder name, three digits: ``006``.
-* AU cells with uncertain alternatives (``R12 or R15``, five rows of the release) are read by the
-  ``index.au_alternatives`` rule (default: every alternative) and recorded; the CD6ME tooling
-  instead rewrote these five rows by hand after looking at their optical flow.
-* A missing apex (three rows) → middle frame; an offset past the folder's last frame → last frame
-  (both recorded; the CD6ME tooling patches these rows by hand).
+* ``Subject`` is text in the v2 release (``006``, all 159 rows); an integer or integral float is
+  read too.  The subject is the folder name, three digits: ``006``.
+* The corrections table ``corrections/samm.csv`` applies the CD6ME benchmark's choice for the five
+  ``or`` AU cells of v2 (rows 15, 18, 41, 64, 154, chosen on the optical flow) and its apexes of
+  rows 125 (after the offset), 132 (before the onset) and 133.  Its offset fix of row 56 (5739) is
+  already in v2.  Other ``or`` cells are read by the ``index.au_alternatives`` rule (default:
+  every alternative) and recorded.
+* A missing apex → middle frame; an offset past the folder's last frame → last frame (general
+  rules, recorded).
 * Emotion: the release's label lower-cased (``other`` stays ``other``); 5 classes anger,
   happiness, contempt, surprise, others (= ``other``); disgust, fear and sadness have no 5-class
   label; 3 classes positive = happiness, negative = anger, contempt, disgust, fear, sadness,
@@ -45,6 +47,7 @@ class SammReader(DatabaseReader):
     spreadsheets = ("SAMM_Micro_FACS_Codes_v2.xlsx",)
     frames_folder = "SAMM"
     layout = "SAMM/{Subject:03d}/{Filename}/"
+    fps = 200
     columns = {
         "subject": ("Subject",),
         "material": ("Filename",),

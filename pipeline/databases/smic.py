@@ -45,6 +45,7 @@ class SmicReader(DatabaseReader):
     spreadsheets = ("smic.xlsx",)
     frames_folder = "HS"
     layout = "HS/{subject}/micro/{emotion}/{material}/"
+    fps = 100
     columns = {
         "subject": ("subject",),
         "material": ("material",),

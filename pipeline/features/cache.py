@@ -6,11 +6,16 @@ Layout (docs/internals.md): root attributes ``schema`` (name), ``schema_version`
 axis first, ``(N, ...)``, chunked one sample per chunk so that a batch reads only its samples.
 
 A file is written under a temporary name and renamed into place when complete, so an interrupted
-stage never leaves a file that looks finished.
+stage never leaves a file that looks finished.  HDF5 writes through :class:`_GuardedFile`: the
+first write error (disk full, I/O error) is kept and raised by the next :meth:`CacheWriter.append`
+or by :meth:`CacheWriter.close` as one ``OSError`` naming the file, and every later write is
+dropped, so that HDF5 neither prints thousands of "Can't decrement id ref count" errors nor
+crashes while closing a file it could not flush; the temporary file is then removed.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -20,7 +25,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from pipeline.io import atomic_path
+from pipeline.io import atomic_path, defer_signals
 
 #: Current version of each cache schema; bump when a layout changes.
 SCHEMA_VERSIONS: dict[str, int] = {"faces": 1, "flow": 1, "patches": 1, "magnified": 1}
@@ -30,6 +35,61 @@ _STR = h5py.string_dtype("utf-8")
 
 class CacheError(RuntimeError):
     """A feature cache is missing, of another schema or version, or inconsistent."""
+
+
+class _GuardedFile(io.FileIO):
+    """A writable file for h5py's ``fileobj`` driver that records its first write error.
+
+    After an ``OSError`` (kept in :attr:`error`, with the file name) writes are accepted and
+    dropped: the file is discarded anyway, and HDF5 can close it without failing.
+    """
+
+    error: OSError | None = None
+    _raw_write = io.FileIO.write  # (tests replace it to inject a full disk)
+
+    def write(self, data: Any) -> int:  # type: ignore[override]
+        view = memoryview(data).cast("B")
+        if self.error is not None:
+            return view.nbytes
+        done = 0
+        while done < view.nbytes:
+            try:
+                n = self._raw_write(view[done:])
+                if not n:
+                    raise OSError(28, "No space left on device")
+                done += n
+            except OSError as exc:
+                self.error = OSError(exc.errno, exc.strerror or str(exc), self.name)
+                break
+            except (KeyboardInterrupt, SystemExit):  # outside defer_signals(): give up the file
+                self.error = OSError(4, "interrupted", self.name)
+                break
+        return view.nbytes
+
+    def truncate(self, size: int | None = None) -> int:
+        if self.error is not None:
+            return self.tell() if size is None else size
+        try:
+            return super().truncate(size)
+        except OSError as exc:
+            self.error = OSError(exc.errno, exc.strerror or str(exc), self.name)
+            return self.tell() if size is None else size
+
+    def flush(self) -> None:
+        if self.error is None:
+            super().flush()
+
+
+def _no_signals(method: Any) -> Any:
+    """Run a :class:`CacheWriter` method under :func:`pipeline.io.defer_signals`."""
+    import functools
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with defer_signals():
+            return method(*args, **kwargs)
+
+    return wrapper
 
 
 class CacheWriter:
@@ -63,11 +123,17 @@ class CacheWriter:
         self._compression_opts = compression_opts if compression == "gzip" else None
         self._ctx = atomic_path(self.path, suffix=".h5")
         self._tmp = self._ctx.__enter__()
-        self._h5 = h5py.File(self._tmp, "w", track_order=True)
+        try:
+            self._fh = _GuardedFile(self._tmp, "w+b")
+            self._h5 = h5py.File(self._fh, "w", track_order=True)
+        except BaseException:
+            self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
+            raise
         self._ids: list[str] = []
         self._idset: set[str] = set()
         self._names: list[str] | None = None
 
+    @_no_signals
     def append(self, sample_id: str, arrays: Mapping[str, np.ndarray]) -> None:
         """Add one sample: ``arrays`` maps dataset names (``/`` for groups) to per-sample arrays.
 
@@ -77,7 +143,10 @@ class CacheWriter:
         ------
         ValueError
             On a repeated sample id, or names / shapes / dtypes differing from the first sample.
+        OSError
+            When writing the file failed (disk full, I/O error), naming the temporary file.
         """
+        self._raise_write_error()
         if sample_id in self._idset:
             raise ValueError(f"{self.path}: sample {sample_id!r} appended twice")
         names = sorted(arrays)
@@ -107,6 +176,7 @@ class CacheWriter:
         self._ids.append(sample_id)
         self._idset.add(sample_id)
 
+    @_no_signals
     def close(self) -> None:
         """Write ids and attributes, close, and move the file into place."""
         h5 = self._h5
@@ -117,14 +187,28 @@ class CacheWriter:
         h5.attrs["params"] = json.dumps(self.params, sort_keys=True)
         h5.attrs["created_by"] = "mer-pipeline"
         h5.close()
+        self._fh.close()
+        if self._fh.error is not None:
+            self.abort()
+            self._raise_write_error()
         self._ctx.__exit__(None, None, None)
 
+    def _raise_write_error(self) -> None:
+        err = self._fh.error
+        if err is not None:
+            raise OSError(err.errno, err.strerror, str(self.path))
+
+    @_no_signals
     def abort(self) -> None:
         """Discard the temporary file; the final path is left as it was."""
         try:
-            self._h5.close()
+            if self._h5.id.valid:
+                self._h5.close()
         finally:
-            self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
+            try:
+                self._fh.close()
+            finally:
+                self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
 
     def __enter__(self) -> CacheWriter:
         return self

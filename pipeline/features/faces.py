@@ -221,16 +221,54 @@ def plan_frames(numbers: tuple[int, ...], apex: int, window: int, length: int) -
     return FramePlan(0, apex_pos, n - 1, pseudo, uniform_positions(n, length))
 
 
+#: Bytes at the end of a file searched for the JPEG end-of-image marker (FF D9); some cameras
+#: append padding or metadata after it.
+_JPEG_TAIL = 1024
+_PNG_IEND = b"IEND\xaeB`\x82"
+
+
+def check_complete(path: str) -> None:
+    """Reject a truncated JPEG or PNG file before decoding it.
+
+    OpenCV decodes a JPEG cut short without an error: libjpeg prints "Premature end of JPEG
+    file" on stderr and fills the missing rows with grey 128, which would pass as a face crop.
+    A complete JPEG holds the end-of-image marker ``FF D9`` in its last :data:`_JPEG_TAIL` bytes
+    (inside the entropy-coded data an ``FF`` byte is always followed by ``00`` or a restart
+    marker, so the marker cannot appear there by chance); a complete PNG ends with its ``IEND``
+    chunk.  Other formats (BMP, TIFF) are left to the decoder.  Corruption inside the data with
+    an intact end marker is not detected here (the decoder may still reject it).
+
+    Raises
+    ------
+    SampleFailure
+        ``<path>: truncated JPEG (no end-of-image marker)`` or the PNG equivalent.
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, size - _JPEG_TAIL))
+            tail = fh.read()
+    except OSError as exc:
+        raise SampleFailure(f"{path}: unreadable frame ({exc.strerror or exc})") from None
+    if head[:2] == b"\xff\xd8" and b"\xff\xd9" not in tail:
+        raise SampleFailure(f"{path}: truncated or corrupt JPEG (no end-of-image marker)")
+    if head == b"\x89PNG\r\n\x1a\n" and _PNG_IEND not in tail[-64:]:
+        raise SampleFailure(f"{path}: truncated or corrupt PNG (no IEND chunk)")
+
+
 def read_frame(path: str) -> np.ndarray:
     """An RGB ``(H, W, 3) uint8`` frame (grey files replicated to 3 channels).
 
     Raises
     ------
     SampleFailure
-        Naming the file when it is missing or not a decodable image.
+        Naming the file when it is missing, truncated (:func:`check_complete`) or not a
+        decodable image.
     """
     if not os.path.isfile(path):
         raise SampleFailure(f"{path}: frame file not found")
+    check_complete(path)
     img = cv2.imread(path, cv2.IMREAD_COLOR)
     if img is None or img.size == 0:
         raise SampleFailure(f"{path}: unreadable frame (expected a jpg/png/bmp image)")

@@ -187,20 +187,12 @@ def run_stage(stage: str, fn: Callable[[Any], Done], items: Iterable[Item], n_it
     return summary
 
 
-#: Signals received (set by the SIGTERM handler of :func:`stage_cli`).
-_signals: list[int] = []
-
-
-def _terminate(signum: int, frame: Any) -> None:
-    # The handler may run inside a finaliser or weakref callback, where an exception is printed
-    # and dropped; run_stage therefore also checks the flag after every sample.
-    _signals.append(signum)
-    raise SystemExit(128 + signum)
-
-
 def _check_signals() -> None:
-    if _signals:
-        raise SystemExit(128 + _signals[0])
+    # A SIGTERM / Ctrl-C raised inside an HDF5 callback is swallowed there; the handlers of
+    # pipeline.io.start_stage record it, and it is raised again here, after the sample.
+    from pipeline.io import raise_pending_signal
+
+    raise_pending_signal()
 
 
 def stage_cli(stage: str, description: str, inputs: Mapping[str, str],
@@ -227,15 +219,15 @@ def stage_cli(stage: str, description: str, inputs: Mapping[str, str],
     int
         0 on success; 1 on bad input or parameters (one clear message, no traceback).
 
-    A SIGTERM ends the stage like an exception, so that the temporary cache file is removed (a
-    SIGKILL leaves it, under its temporary name, never as the final file).
+    A SIGTERM or Ctrl-C ends the stage like an exception, so that the temporary cache file is
+    removed (a SIGKILL leaves it, under its temporary name, never as the final file; the next
+    run removes it).
     """
     import argparse
-    import signal
 
     from pipeline.assets import AssetError
     from pipeline.features.cache import CacheError
-    from pipeline.io import setup_logging
+    from pipeline.io import start_stage
     from pipeline.params import ParamsError, load
 
     defaults = {**inputs, "out": f"data/features/{stage}.h5",
@@ -245,9 +237,7 @@ def stage_cli(stage: str, description: str, inputs: Mapping[str, str],
     for name, default in defaults.items():
         ap.add_argument(f"--{name}", default=default, help=f"(default: {default})")
     args = vars(ap.parse_args(argv))
-    setup_logging()
-    log = logging.getLogger(stage)
-    signal.signal(signal.SIGTERM, _terminate)
+    log = start_stage(stage)
     try:
         params = load(args.pop("params"))
         run(args, params)

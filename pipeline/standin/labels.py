@@ -74,6 +74,15 @@ CONFUSABLE: dict[int, int] = {1: 2, 2: 1, 4: 7, 5: 7, 6: 7, 7: 6, 9: 10, 10: 9, 
                               15: 14, 17: 24}
 
 QUIRK_KINDS = ("apex_missing", "au_question", "au_or")
+#: The quirks each release's sheet has (issue #11: only those are written).  Checked on the public
+#: copies of the real files: CASME II 2019-07-01 has an apex "/" and neither "or" nor "?"; SAMM v2
+#: five "or" cells (and a token without an AU, "soft focus", which "?" stands for when no
+#: confusable AU is at hand) and no missing apex; CAS(ME)^3 part A v2 and 4DME none of the three
+#: (their mistakes are wrong frame numbers, fixed by the corrections tables).  CASME and MMEW are
+#: unchecked and keep all three (DATASETS.md: "?", missing or "/" apexes).  SMIC has no AUs or apex.
+RELEASE_QUIRKS: dict[str, tuple[str, ...]] = {
+    "casme": QUIRK_KINDS, "casme2": ("apex_missing",), "samm": ("au_or",), "mmew": QUIRK_KINDS,
+    "fourd": (), "casme3a": (), "smic": ()}
 
 #: Emotion vocabulary of each release (DATASETS.md), and where a canonical emotion goes.
 VOCABULARY: dict[str, tuple[str, ...]] = {
@@ -633,7 +642,7 @@ def _draft_micro(profile: Profile, dbp: DatabaseProfile, rng: np.random.Generato
     n_frames = _duration_frames(rng, dbp, dbp.duration_s, dbp.max_frames)
     return {"kind": "micro", "subject": subject, "actions": actions, "n_frames": n_frames,
             "apex_frac": float(rng.uniform(0.25, 0.6)), "canonical": canon, "rule": rule,
-            "emotion": emotion, "comma": key == "casme3a" and rng.uniform() < 0.15,
+            "emotion": emotion,
             "spaced": key == "samm" and rng.uniform() < 0.5,
             "jitter": _apex_jitter(rng, dbp), "blink": rng.uniform() < dbp.blink_rate,
             "blink_coded": rng.uniform() < dbp.blink_coded}
@@ -683,7 +692,7 @@ def _draft_macro(profile: Profile, dbp: DatabaseProfile, rng: np.random.Generato
     n_frames = _duration_frames(rng, dbp, profile.macro_duration_s, 3 * dbp.max_frames)
     return {"kind": "macro", "subject": subject, "actions": actions, "n_frames": n_frames,
             "apex_frac": float(rng.uniform(0.3, 0.5)), "canonical": canon, "rule": rule,
-            "emotion": rule, "comma": False, "spaced": False, "jitter": 0, "blink": False,
+            "emotion": rule, "spaced": False, "jitter": 0, "blink": False,
             "blink_coded": False}
 
 
@@ -803,7 +812,7 @@ def _sample_from(key: str, d: dict, ev: Event, subject: int, material: str, clip
         if not ev.onset <= cand <= ev.offset or cand == ev.apex:
             cand = ev.apex - jit
         ann = cand if ev.onset <= cand <= ev.offset else ev.apex
-    sep = "," if d["comma"] else (" + " if d["spaced"] else "+")
+    sep = " + " if d["spaced"] else "+"    # CAS(ME)^3 part A's v2 files use "+" only (issue #11)
     cell = format_au_cell(key, ev.actions, sep)
     label = sorted({a.au for a in ev.actions if a.coded and not a.k_marked})
     extra = {"au_separator": sep}
@@ -898,7 +907,7 @@ def _inject_quirks(dbp: DatabaseProfile, rng: np.random.Generator, samples: list
     key = dbp.key
     if dbp.quirk_rate <= 0:
         return
-    kinds = {"fourd": ("apex_missing",), "smic": ()}.get(key, QUIRK_KINDS)
+    kinds = RELEASE_QUIRKS.get(key, QUIRK_KINDS)
     if not kinds:
         return
     micro = [i for i, s in enumerate(samples) if s.expression_type == "micro"]
@@ -930,7 +939,11 @@ def _inject_quirks(dbp: DatabaseProfile, rng: np.random.Generator, samples: list
 
 
 def _finalise_rows(samples: list[Sample]) -> None:
-    """Sort rows as the releases do (subject, then material, then onset) and number them."""
+    """Sort rows as the releases do (subject, then material, then onset) and number them.
+
+    CAS(ME)^3's macro-expressions stay in the videos but are no rows: the ME label file the
+    stand-in writes lists micro-expressions only."""
+    samples[:] = [s for s in samples if s.key != "casme3a" or s.expression_type == "micro"]
     samples.sort(key=lambda s: (s.subject, s.material, s.onset))
     for r, s in enumerate(samples):
         s.row = r

@@ -4,7 +4,7 @@ Three profiles:
 
 ``full``
     The real databases' sample counts (CD6ME: casme 189, casme2 256, samm 159, fourd 267,
-    mmew 300, casme3a 860 micro-expressions plus 86 macro-expression rows; SMIC-HS 164), frame
+    mmew 300, casme3a 860 micro-expressions, 86 macro ones in its videos; SMIC-HS 164), frame
     rates (CASME 60, CASME II 200, SAMM 200, MMEW 90, 4DME 60, CAS(ME)^3 30, SMIC-HS 100 fps) and
     frame sizes (CASME cropped faces, CASME II 640x480, SAMM 2040x1088 grey, MMEW 1920x1080,
     4DME 1200x1600 grey, CAS(ME)^3 1280x720, SMIC-HS 640x480).  Built once on demand: several GB
@@ -61,7 +61,8 @@ class DatabaseProfile:
     n_samples : int
         Micro-expression rows.
     n_macro : int
-        Extra macro-expression rows (CAS(ME)^3 ``Expression type``), sharing videos with MEs.
+        Extra macro-expressions of CAS(ME)^3, in the videos of its micro-expressions; not rows of
+        the ME label file the stand-in writes (micro-expressions only).
     fps : float
         Frame rate, frames per second.
     frame_size : tuple of int

@@ -8,11 +8,13 @@ casme2     ``CASME2-coding-20140508.xlsx``                      ``CASME2_RAW_sel
 samm       ``SAMM_Micro_FACS_Codes_v2.xlsx``                    ``SAMM/{NNN}/{Filename}/{NNN}_{k:05d}.jpg`` (grey)
 mmew       ``MMEW_Micro_Exp.xlsx``                              ``Micro_Expression/{emotion}/{Filename}/{k}.jpg``
 fourd      ``4DME_Labelling_Micro_release v1.xlsx``             ``gray_micro/{sub_ID}/{fold_name}/{fold_name}_{k:04d}.jpg`` (grey)
-casme3a    ``cas(me)3_part_A_ME_label_JpgIndex_v2.xlsx``        ``ME_A/{Subject}/{Filename}/color/{k}.jpg``
+casme3a    ``cas(me)3_part_A_ME_label_JpgIndex_v2.xlsx``        ``ME_A/{Subject}/{Filename}/color/{k}.jpg`` (per video)
 smic       ``smic.xlsx``                                        ``HS/{subject}/micro/{emotion}/{material}/image{k:06d}.jpg``
 =========  ==================================================  ===========================================
 
-Sheet layouts (pandas' ``read_excel`` view; blank headers read as ``Unnamed: n``):
+Sheet layouts (pandas' ``read_excel`` view; blank headers read as ``Unnamed: n``), with the cell
+types of the real files (checked against the public copies of the SAMM v2, CAS(ME)^3 part A v2 and
+CASME II annotation files; a quirk the real file does not have is not written):
 
 - casme: ``Subject, Filename, Unnamed: 2, OnsetF, ApexF1, ApexF2, OffsetF, Unnamed: 7, AU,
   Emotion`` (ApexF2 is the release's second-apex column, mostly empty; the AU column is named
@@ -20,17 +22,22 @@ Sheet layouts (pandas' ``read_excel`` view; blank headers read as ``Unnamed: n``
   in some folders and not at all in others.
 - casme2: ``Subject, Filename, Unnamed: 2, OnsetFrame, ApexFrame, OffsetFrame, Unnamed: 6,
   Action Units, Estimated Emotion``.
-- samm: 13 rows of free text (the first is pandas' header row, so data rows 0–11 are text), the
-  real header as data row 12 (sheet row 14; ``read_excel(header=13)`` reads it directly):
-  ``Subject, Filename, Inducement Code, Onset Frame, Apex Frame, Offset Frame, Duration,
-  Action Units, Notes, Estimated Emotion, Objective Classes``.
+- samm: worksheet ``MICRO_ONLY``; 13 sheet rows of free text and blank rows as in v2 (pandas reads
+  the first as its header, so the real header is its data row 12, sheet row 14):
+  ``Subject, Filename, Inducement Code, Onset Frame, Apex Frame, Offset Frame, Duration, Micro,
+  Action Units, Estimated Emotion, Objective Classes, Notes``.  ``Subject`` is text (``006``), the
+  frame numbers, ``Inducement Code``, ``Duration`` and ``Objective Classes`` are integers, an AU
+  cell holding one plain number is an integer (``4``), others text (``4+7``, ``R12 + R15``);
+  ``Micro`` is ``Micro - 1/2``.
 - mmew: ``Subject, Filename, OnsetFrame, ApexFrame, OffsetFrame, Action Units, Estimated Emotion,
   remarks`` (a missing apex is an empty cell).
 - fourd: ``sub_ID, fold_name, Onset, Apex, Offset, AUs, Emotion, AU1 … AU64`` (one-hot, ``(k)``
   AUs included as 1).
-- casme3a: ``Subject, Filename, Onset, Apex, Offset, AU, Objective class, emotion,
-  Expression type`` (``Micro-expression`` / ``Macro-expression``; rows of one video share a
-  Filename and are consecutive).
+- casme3a: the ME label file: worksheet ``label``, ``Subject, Filename, Onset, Apex, Offset, AU,
+  Objective class, emotion`` — no expression-type column and only micro-expression rows (the
+  macro-expressions stay in the videos); every cell is text, as in v2 (``"355"``, ``"R12"``,
+  ``"II"``); AU cells joined by ``+`` only; rows of one video share a Filename and are
+  consecutive.
 - smic: ``Unnamed: 0`` (blank), ``subject, material, onset, offset, emotion`` — no apex, no AUs.
 
 xlsx files are written deterministically: fixed document dates and zip entry times, so the same
@@ -67,32 +74,57 @@ HEADERS: dict[str, list[str | None]] = {
     "casme2": ["Subject", "Filename", None, "OnsetFrame", "ApexFrame", "OffsetFrame", None,
                "Action Units", "Estimated Emotion"],
     "samm": ["Subject", "Filename", "Inducement Code", "Onset Frame", "Apex Frame", "Offset Frame",
-             "Duration", "Action Units", "Notes", "Estimated Emotion", "Objective Classes"],
+             "Duration", "Micro", "Action Units", "Estimated Emotion", "Objective Classes",
+             "Notes"],
     "mmew": ["Subject", "Filename", "OnsetFrame", "ApexFrame", "OffsetFrame", "Action Units",
              "Estimated Emotion", "remarks"],
     "fourd": ["sub_ID", "fold_name", "Onset", "Apex", "Offset", "AUs", "Emotion",
               *[f"AU{i}" for i in range(1, 65)]],
     "casme3a": ["Subject", "Filename", "Onset", "Apex", "Offset", "AU", "Objective class",
-                "emotion", "Expression type"],
+                "emotion"],
     "smic": [None, "subject", "material", "onset", "offset", "emotion"],
 }
 
-#: SAMM's free-text preamble: 13 sheet rows above the header row.
-SAMM_PREAMBLE: tuple[str, ...] = (
-    "SAMM - Spontaneous Actions and Micro-Movements: micro-movement FACS codes (v2 layout)",
-    "STAND-IN: simulated data written by the mer-pipeline stand-in benchmark, not the real SAMM",
-    "annotations. Faces: Face Research Lab London Set (DeBruine & Jones 2017, CC BY 4.0), altered.",
-    "Frames: SAMM/<Subject>/<Filename>/<Subject>_<frame>.jpg, greyscale.",
-    "Subject: participant number (folder name zero-padded to 3 digits).",
-    "Filename: <Subject>_<Inducement Code>_<clip>.",
-    "Inducement Code: the stimulus that induced the movement.",
-    "Onset, Apex and Offset Frame: frame numbers in the participant's video.",
-    "Duration: Offset Frame - Onset Frame + 1, frames (200 fps in the release).",
-    "Action Units: FACS codes; R/L unilateral, A-E intensity.",
-    "Estimated Emotion: the coders' estimate; Objective Classes: AU-based classes I-VII.",
-    "Notes: remarks of the coders.",
-    "See ground_truth/samm.json beside the database root for the simulated truth.",
+#: Worksheet names of the real files (openpyxl's default elsewhere).
+SHEET_TITLES: dict[str, str] = {"samm": "MICRO_ONLY", "casme3a": "label"}
+
+#: SAMM's preamble: the 13 sheet rows above the header, as ``{column: text}`` (blank rows empty),
+#: laid out as in v2 (title and a note in row 1, a dated update note, a symbol key, AU help).
+SAMM_PREAMBLE: tuple[dict[int, str], ...] = (
+    {0: "SAMM - Spontaneous Actions and Micro-Movements: micro-movement FACS codes (v2 layout)",
+     4: "STAND-IN: simulated data written by the mer-pipeline stand-in benchmark, not the real "
+        "SAMM annotations. Faces: Face Research Lab London Set (DeBruine & Jones 2017, CC BY 4.0), "
+        "altered."},
+    {},
+    {0: "Frames: SAMM/<Subject>/<Filename>/<Subject>_<frame>.jpg, greyscale.",
+     8: "See ground_truth/samm.json beside the database root for the simulated truth."},
+    {4: "Estimated Emotion: the coders' estimate; Objective Classes: AU-based classes 1-7."},
+    {},
+    {0: "Symbol Key:"},
+    {0: '"or" = either of two AUs (the coders were unsure)'},
+    {0: "Onset, Apex and Offset Frame: frame numbers in the participant's video; Duration: "
+        "Offset Frame - Onset Frame + 1 (200 fps in the release)."},
+    {},
+    {0: "AU Help:"},
+    {0: '"L2 or R2" = Unilateral AU 2 on the left or right side of the face.'},
+    {0: '"A"-"E" after an AU number = its intensity.'},
+    {},
 )
+#: SAMM's ``Micro`` column (every row of v2 holds this text).
+SAMM_MICRO = "Micro - 1/2"
+#: CAS(ME)^3's ``Objective class`` is a Roman numeral.
+ROMAN = {1: "I", 2: "II", 3: "III", 4: "IV", 5: "V", 6: "VI", 7: "VII"}
+
+
+def _au_cell(key: str, cell: str) -> object:
+    """An AU cell typed as the release types it: SAMM (and CASME II, CASME, MMEW) store a cell of
+    one plain number as an integer; CAS(ME)^3 stores text; empty → blank."""
+    if not cell:
+        return None
+    if key != "casme3a" and cell.isdigit():
+        return int(cell)
+    return cell
+
 
 _FIXED_DATE = datetime.datetime(2000, 1, 1, 0, 0, 0)
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
@@ -132,12 +164,13 @@ def sheet_rows(plan: DatabasePlan) -> list[list[object]]:
     subj = plan.subjects
     rows: list[list[object]] = []
     if key == "samm":
-        rows.extend([[line] for line in SAMM_PREAMBLE])
+        width = len(HEADERS[key])
+        rows.extend([[line.get(j) for j in range(width)] if line else [] for line in SAMM_PREAMBLE])
     rows.append(list(HEADERS[key]))
     for s in plan.samples:
         sub = subj[s.subject]
         clip = plan.clips[s.clip]
-        au = s.au_cell or None
+        au = _au_cell(key, s.au_cell)
         apex = _apex_cell(key, s)
         if key == "casme":
             rows.append([sub.name, s.material, None, s.onset, apex, None, s.offset, None, au,
@@ -147,8 +180,9 @@ def sheet_rows(plan: DatabasePlan) -> list[list[object]]:
         elif key == "samm":
             inducement = int(s.material.split("_")[1])
             notes = "eye blink" if any(e.kind == "blink" for e in clip.events) else None
-            rows.append([sub.name, s.material, inducement, s.onset, apex, s.offset,
-                         s.offset - s.onset + 1, au, notes, s.emotion, s.objective_class])
+            rows.append([sub.folder, s.material, inducement, s.onset, apex, s.offset,
+                         s.offset - s.onset + 1, SAMM_MICRO, au, s.emotion, s.objective_class,
+                         notes])
         elif key == "mmew":
             remarks = "blink" if any(e.kind == "blink" for e in clip.events) else None
             rows.append([sub.name, s.material, s.onset, apex, s.offset, au, s.emotion, remarks])
@@ -160,9 +194,11 @@ def sheet_rows(plan: DatabasePlan) -> list[list[object]]:
                     onehot[int(digits) - 1] = 1
             rows.append([sub.name, s.material, s.onset, apex, s.offset, au, s.emotion, *onehot])
         elif key == "casme3a":
-            kind = "Micro-expression" if s.expression_type == "micro" else "Macro-expression"
-            rows.append([sub.name, s.material, s.onset, apex, s.offset, au, s.objective_class,
-                         s.emotion, kind])
+            if s.expression_type != "micro":
+                raise ValueError(f"casme3a: the ME label file lists micro-expressions only, not "
+                                 f"row {s.row} ({s.expression_type})")
+            rows.append([sub.name, s.material, str(s.onset), str(apex), str(s.offset), au,
+                         ROMAN[s.objective_class], s.emotion])
         else:
             rows.append([None, sub.name, s.material, s.onset, s.offset, s.emotion])
     return rows
@@ -172,7 +208,7 @@ def write_sheet(plan: DatabasePlan, root: str | os.PathLike) -> Path:
     """Write the database's annotation spreadsheet into ``root``; returns its path."""
     wb = openpyxl.Workbook()
     ws = wb.active
-    ws.title = "Sheet1"
+    ws.title = SHEET_TITLES.get(plan.key, "Sheet1")
     for row in sheet_rows(plan):
         ws.append(row)
     path = Path(root) / SHEET_FILES[plan.key]

@@ -1,0 +1,79 @@
+"""The ``params.yaml`` keys of every method family, checked before any stage runs.
+
+A ``methods.<name>`` section may hold the shared trainer keys
+(:data:`pipeline.params_schema.TRAIN_KEYS`: epochs, batch_size, optimizer, scheduler, loss, …),
+the method keys (:data:`pipeline.params_schema.METHOD_KEYS`: family, task, protocol, tasks,
+published) and the keys its family declares here.  Any other key is rejected with the closest
+valid name (``epcohs`` → ``epochs``), so a typo never runs silently on a default.
+
+HOW TO DECLARE A FAMILY OR A KEY
+    Next to ``@register("<family>")`` in its ``pipeline/training/methods_*.py``, add one entry to
+    :data:`FAMILY_KEYS` here (this module imports no torch, so ``./mer`` validates in
+    milliseconds)::
+
+        FAMILY_KEYS["my_family"] = {
+            "input_size": Int(64, min=8),                 # default 64, integer >= 8
+            "variant": Str("a", choices=("a", "b")),
+            "pretrained": PRETRAINED,                     # false | true | a state_dict path
+            "model": Free("checked by MyConfig.from_mapping"),   # a block checked by the builder
+        }
+
+    A new key of an existing family goes into its dict.  ``tests/test_params_schema.py`` checks
+    that every registered family is declared and that the shipped ``params.yaml`` validates in
+    both configurations.
+"""
+
+from __future__ import annotations
+
+from pipeline.params_schema import Bool, Float, Free, Int, Key, List, Map, OneOf, Str
+
+#: ``false`` | ``true`` (ImageNet weights, downloaded) | the path of a local state_dict.
+PRETRAINED = OneOf(Bool(), Str(), default=False, nullable=True,
+                   what="false, true or the path of a local state_dict")
+AUGMENT_HFLIP = Map({"hflip": Float(0.0, min=0.0, max=1.0)})
+FLOW_PAIR = Str("onset_apex", choices=("onset_apex", "onset_pseudo", "offset_apex"))
+
+FAMILY_KEYS: dict[str, dict[str, Key]] = {}
+
+# pipeline/training/baselines.py: constant predictors (AU and emotion floors).
+FAMILY_KEYS["constant"] = {
+    "rule": Str(choices=("all_positive", "prevalence", "majority")),
+}
+
+# pipeline/training/baselines.py: SSSNet (Varanka et al. 2024) on the onset→apex flow.
+FAMILY_KEYS["sssnet"] = {
+    "input_size": Int(64, min=8),
+    "widths": List(Int(min=1), length=3),
+    "dropout": Float(0.5, min=0.0, max=1.0),
+    "flow_pair": FLOW_PAIR,
+    "augment": AUGMENT_HFLIP,
+}
+
+# pipeline/training/baselines.py: torchvision ResNets on the flow (CD6ME / LOSO baselines).
+FAMILY_KEYS["resnet_flow"] = {
+    "arch": Str("resnet18", choices=("resnet18", "resnet34", "resnet50")),
+    "pretrained": PRETRAINED,
+    "input_size": Int(224, min=8),
+    "flow_pair": FLOW_PAIR,
+    "augment": AUGMENT_HFLIP,
+}
+
+# pipeline/training/methods_infusenet.py: InfuseNet and the networks of its Tables 1-3.
+FAMILY_KEYS["infusenet"] = {
+    "variant": Str(what="an InfuseNet variant (default: the section name)"),
+    "pretrained": PRETRAINED,
+    "norm_scope": Str("tensor", choices=("tensor", "sample", "channel")),
+    "input_size": Int(224, min=8),
+    "image_magnifier": Str("oh", choices=("oh", "stmemm")),
+    "image_alpha": Float(10, min=0.0),
+    "aux_flow_loss": Float(0.0, min=0.0),
+    "flow_pair": FLOW_PAIR,
+    "augment": AUGMENT_HFLIP,
+    "model": Free("a mapping of pipeline.models.infusenet.InfuseNetConfig fields"),
+}
+
+# pipeline/training/methods_ac4au.py: AC4AU (ACM MM 2025) on the onset→offset sequences.
+FAMILY_KEYS["ac4au"] = {
+    "sequence_size": Int(112, min=8),
+    "model": Free("a mapping of pipeline.models.ac4au.AC4AU_PAPER_CONFIG keys"),
+}
