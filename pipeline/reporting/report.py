@@ -38,8 +38,8 @@ from pipeline.training.protocols import CD6ME_AUS, EMOTION_TASKS
 
 log = logging.getLogger("report")
 
-__all__ = ["ReportError", "au_table", "emotion_table", "load_metrics", "magnifier_cells",
-           "write_report"]
+__all__ = ["ReportError", "absent_class_folds", "au_table", "emotion_table", "load_metrics",
+           "magnifier_cells", "write_report"]
 
 EMOTION_KEYS = ("accuracy", "uf1", "uar")
 
@@ -86,8 +86,9 @@ def au_table(metrics: Mapping[str, dict], published: Mapping[str, Published | No
     Returns
     -------
     DataFrame
-        Columns ``method, data, f1_mean, paper_f1_mean, f1_database_mean, n_samples, source`` and,
-        per AU, ``<AU>`` and ``paper_<AU>``.
+        Columns ``method, data, f1_mean, paper_f1_mean, f1_database_mean, n_samples, source``,
+        ``f1_mean_sd``, ``f1_database_mean_sd`` (NaN for one seed), ``n_seeds`` and, per AU,
+        ``<AU>`` and ``paper_<AU>``.
     """
     rows = []
     for m, d in metrics.items():
@@ -98,6 +99,7 @@ def au_table(metrics: Mapping[str, dict], published: Mapping[str, Published | No
                "paper_f1_mean": pub.f1_mean if pub and pub.f1_mean is not None else np.nan,
                "f1_database_mean": d["f1_database_mean"], "n_samples": d.get("n_samples"),
                "source": pub.source if pub else ""}
+        row.update(_seed_spread(d, ("f1_mean", "f1_database_mean")))
         for au in CD6ME_AUS:
             row[au] = d["f1_per_au"].get(au, np.nan)
             row[f"paper_{au}"] = pub.f1_per_au.get(au, np.nan) if pub else np.nan
@@ -113,7 +115,8 @@ def emotion_table(metrics: Mapping[str, dict],
     -------
     DataFrame
         Columns ``method, data, result, database, classes, n_samples, accuracy, uf1, uar,
-        paper_accuracy, paper_uf1, paper_uar, source``.
+        accuracy_sd, uf1_sd, uar_sd`` (NaN for one seed), ``n_seeds, paper_accuracy, paper_uf1,
+        paper_uar, source``.
     """
     rows = []
     for m, d in metrics.items():
@@ -126,13 +129,81 @@ def emotion_table(metrics: Mapping[str, dict],
             classes = task.n_classes if task else int(base.rsplit("-", 1)[-1])
             db = (f"{base.rsplit('-', 1)[0]} → {sub}" if sub else base.rsplit("-", 1)[0])
             paper = pub.results.get(key, {}) if pub else {}
+            sd = ((d.get("sd") or {}).get("results") or {}).get(key) or {}
             rows.append({
                 "method": m, "data": d["data"], "result": key, "database": db, "classes": classes,
                 "n_samples": r.get("n_samples"),
                 **{k: r.get(k, np.nan) for k in EMOTION_KEYS},
+                **{f"{k}_sd": sd.get(k, np.nan) for k in EMOTION_KEYS},
+                "n_seeds": len(d.get("seeds") or [None]),
                 **{f"paper_{k}": paper.get(k, np.nan) for k in EMOTION_KEYS},
                 "source": pub.source if pub and paper else ""})
     return pd.DataFrame(rows)
+
+
+def _seed_spread(d: Mapping[str, Any], keys: Sequence[str]) -> dict[str, Any]:
+    """``<key>_sd`` of a metrics dict's top-level ``keys`` (NaN without an ``sd`` block) and
+    ``n_seeds`` (:mod:`pipeline.training.seeds`)."""
+    sd = d.get("sd") or {}
+    out: dict[str, Any] = {f"{k}_sd": sd.get(k, np.nan) for k in keys}
+    out["n_seeds"] = len(d.get("seeds") or [None])
+    return out
+
+
+def _within_spread(values: pd.Series, sds: pd.Series, groups: pd.Series | None = None) -> pd.Series:
+    """True where a value is below the best of its group by less than the seed spread.
+
+    The spread of a pair is the larger of the two standard deviations over seeds; rows without an
+    sd (one seed) are never marked, nor is the best row itself.
+    """
+    keys = groups if groups is not None else pd.Series(0, index=values.index)
+    out = pd.Series(False, index=values.index)
+    for _, idx in values.groupby(keys).groups.items():
+        v = values.loc[idx].astype(float)
+        if v.notna().sum() < 2:
+            continue
+        best = v.idxmax()
+        for i in idx:
+            if i == best or not np.isfinite(v[i]):
+                continue
+            pair = [float(sds.get(j, np.nan)) for j in (i, best)]
+            finite = [x for x in pair if np.isfinite(x)]
+            out[i] = bool(finite and v[best] - v[i] < max(finite))
+    return out
+
+
+def _with_sd(v: Any, sd: Any, near: bool = False) -> str:
+    text = _fmt(v)
+    if sd is not None and isinstance(sd, float) and np.isfinite(sd):
+        text += f" ± {sd:.3f}"
+    return text + (" ≈" if near else "")
+
+
+def absent_class_folds(metrics_dir: str | os.PathLike, methods: Sequence[str]) -> pd.DataFrame:
+    """LOSO folds whose training part lacks a class present in their test part.
+
+    Reads ``metrics/<method>/folds/*.json`` (field ``classes_absent_from_training``, written by
+    :mod:`pipeline.training.run`) of every listed emotion method.
+
+    Returns
+    -------
+    DataFrame
+        Columns ``task, fold, held_out, classes, methods`` (one row per fold and class set; the
+        methods it was seen in), sorted by task and fold.
+    """
+    found: dict[tuple[str, str, str, str], list[str]] = {}
+    for m in methods:
+        for path in sorted((Path(metrics_dir) / m / "folds").glob("*.json")):
+            d = read_json(path)
+            absent = d.get("classes_absent_from_training")
+            if d.get("task") != "emotion" or not absent:
+                continue
+            task = next(iter(d.get("results") or {"?": None}))
+            key = (task, str(d.get("fold")), str(d.get("held_out")), ", ".join(absent))
+            found.setdefault(key, []).append(m)
+    rows = [{"task": t, "fold": f, "held_out": h, "classes": c, "methods": ", ".join(ms)}
+            for (t, f, h, c), ms in sorted(found.items())]
+    return pd.DataFrame(rows, columns=["task", "fold", "held_out", "classes", "methods"])
 
 
 def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -145,9 +216,13 @@ def _au_cells(au: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     header = ["method", "data", "F1 mean (ours / paper)", "per-database mean", "n",
               *[f"{a}" for a in CD6ME_AUS]]
     rows = []
-    for _, r in au.iterrows():
-        rows.append([r["method"], r["data"], f"{_fmt(r['f1_mean'])} / {_fmt(r['paper_f1_mean'])}",
-                     _fmt(r["f1_database_mean"]), str(r["n_samples"]),
+    near = _within_spread(au["f1_mean"], au.get("f1_mean_sd", pd.Series(dtype=float)))
+    for i, r in au.iterrows():
+        rows.append([r["method"], r["data"],
+                     f"{_with_sd(r['f1_mean'], r.get('f1_mean_sd'), near[i])} / "
+                     f"{_fmt(r['paper_f1_mean'])}",
+                     _with_sd(r["f1_database_mean"], r.get("f1_database_mean_sd")),
+                     str(r["n_samples"]),
                      *[f"{_fmt(r[a])} / {_fmt(r[f'paper_{a}'])}" for a in CD6ME_AUS]])
     return header, rows
 
@@ -156,9 +231,11 @@ def _emo_cells(emo: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     header = ["method", "data", "database", "classes", "n", "Acc (ours / paper)",
               "UF1 (ours / paper)", "UAR (ours / paper)"]
     rows = []
-    for _, r in emo.iterrows():
+    near = {k: _within_spread(emo[k], emo[f"{k}_sd"], emo["result"]) for k in EMOTION_KEYS}
+    for i, r in emo.iterrows():
         rows.append([r["method"], r["data"], r["database"], str(r["classes"]), str(r["n_samples"]),
-                     *[f"{_fmt(r[k])} / {_fmt(r[f'paper_{k}'])}" for k in EMOTION_KEYS]])
+                     *[f"{_with_sd(r[k], r[f'{k}_sd'], near[k][i])} / {_fmt(r[f'paper_{k}'])}"
+                       for k in EMOTION_KEYS]])
     return header, rows
 
 
@@ -296,6 +373,29 @@ def write_report(metrics_dir: str | os.PathLike, methods: Sequence[str],
                      "translations (metrics/magnifier.json)")
         md += ["", f"## {mag_title}", "", _markdown_table(*mag)]
         parts_html.append(f"<h2>{html.escape(mag_title)}</h2>{_html_table(*mag)}")
+    n_seeds = max([int(v) for t in (au, emo) if len(t) for v in t["n_seeds"]] or [1])
+    if n_seeds > 1:
+        seed_note = (f"Scores are means ± sample standard deviation over up to {n_seeds} training "
+                     "seeds (`train.seeds`); ≈ marks a score below the best of its column (per "
+                     "database and class count for LOSO) by less than the seed spread (the larger "
+                     "of the two sds): that difference is not resolved.")
+        md += ["", seed_note]
+        parts_html.append(f"<p>{html.escape(seed_note)}</p>")
+    absent = absent_class_folds(metrics_dir, [m for m, d in metrics.items()
+                                              if d["task"] == "emotion"])
+    if len(absent):
+        title = ("LOSO folds whose training part lacks a class of their test part — "
+                 f"{data_tag(emo['data'].tolist()) if len(emo) else tag}")
+        note = ("These test samples cannot be classified right (the model never saw their class), "
+                "and class-weighted training favours the classes rare in training: the scores of "
+                "these tasks partly measure the label draw, not the method.")
+        header = ["task", "fold (held-out subject)", "classes absent from training", "methods"]
+        rows = [[r["task"], f"{r['fold']} ({r['held_out']})", r["classes"], r["methods"]]
+                for _, r in absent.iterrows()]
+        md += ["", f"## {title}", "", note, "", _markdown_table(header, rows)]
+        parts_html.append(f"<h2>{html.escape(title)}</h2><p>{html.escape(note)}</p>"
+                          f"{_html_table(header, rows)}")
+        log.warning("report: %d LOSO folds lack a test class in training", len(absent))
     sources = _sources(published)
     if sources:
         md += ["", "## Sources of the published numbers", ""] + [f"- {s}" for s in sources]
@@ -321,8 +421,11 @@ def write_report(metrics_dir: str | os.PathLike, methods: Sequence[str],
         summary["au"][r["method"]] = {"f1_mean": r["f1_mean"],
                                       "f1_database_mean": r["f1_database_mean"],
                                       "paper_f1_mean": r["paper_f1_mean"]}
+        summary["au"][r["method"]].update({k: r[k] for k in ("f1_mean_sd", "f1_database_mean_sd")
+                                           if np.isfinite(r[k])})
     for _, r in emo.iterrows():
         entry = {k: r[k] for k in EMOTION_KEYS}
+        entry.update({f"{k}_sd": r[f"{k}_sd"] for k in EMOTION_KEYS if np.isfinite(r[f"{k}_sd"])})
         entry.update({f"paper_{k}": r[f"paper_{k}"] for k in EMOTION_KEYS
                       if np.isfinite(r[f"paper_{k}"])})
         summary["emotion"].setdefault(r["method"], {})[r["result"]] = entry

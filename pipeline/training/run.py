@@ -10,7 +10,8 @@ predictor), and writes:
   "uf1", "uar", "n_samples"}, …, "composite-3": {…}, "composite-3/casme2": {…}, …}}`` (the
   composite is also reported per database, on its pooled predictions restricted to that database);
 * ``metrics/<method>/folds/<fold>.json`` — the same fields for that fold (plus ``fold``,
-  ``held_out``, ``n_train``, ``selected_epoch``, ``seed``);
+  ``held_out``, ``n_train``, ``selected_epoch``, ``seed``; LOSO also
+  ``classes_absent_from_training``: classes of the test part with no training sample);
 * ``metrics/<method>/predictions.csv`` — one row per test sample: AU: ``sample_id, database,
   fold, true_AU1…, pred_AU1…, score_AU1…``; emotion: ``task, sample_id, database, fold, true,
   pred, score_<class>…`` (a sample is in one row per task it belongs to; scores of classes outside
@@ -64,7 +65,7 @@ from pipeline.training.trainer import TrainSettings, checkpoint_path, fit_predic
 
 log = logging.getLogger("train")
 
-__all__ = ["RunPaths", "data_label", "method_params", "run_method"]
+__all__ = ["RunPaths", "classes_absent_from_training", "data_label", "method_params", "run_method"]
 
 EMOTION_METRIC_KEYS = ("accuracy", "uf1", "uar", "n_samples")
 
@@ -156,7 +157,8 @@ def _run_fold(name: str, spec: MethodSpec, settings: TrainSettings, params: Mapp
                    params, device)
     n_test = len(fold.test)
     missing = np.zeros(n_test, dtype=bool)
-    info: dict[str, Any] = {"n_train": int(len(train_rows)), "seed": fseed}
+    info: dict[str, Any] = {"n_train": int(len(train_rows)), "seed": fseed,
+                            "train_rows": train_rows}
     if spec.constant is not None:
         predictor = spec.constant().fit(ctx)
         scores, decisions = predictor.predict(n_test, np.random.default_rng(fseed))
@@ -192,6 +194,33 @@ def _run_fold(name: str, spec: MethodSpec, settings: TrainSettings, params: Mapp
     info["selected_epoch"] = outcome.selected_epoch
     curves = [{"fold": fold.name, **row} for row in outcome.curves]
     return {"scores": scores, "decisions": decisions, "missing": missing, "curves": curves, **info}
+
+
+def classes_absent_from_training(y: np.ndarray, fold: Fold, train_rows: np.ndarray,
+                                  classes: Sequence[str]) -> list[str]:
+    """Classes present in a LOSO fold's test part but absent from the rows it trained on.
+
+    Such a fold cannot predict those test samples right (a model never saw the class; inverse
+    class weights even push it towards classes rare in training); the report flags it.
+
+    Parameters
+    ----------
+    y : ndarray of int, shape (N,)
+        Class index of every row of the task's table.
+    fold : Fold
+    train_rows : ndarray of int
+        The rows actually trained on (``fold.train`` minus samples without features).
+    classes : sequence of str
+        Class names, indexed by ``y``.
+
+    Returns
+    -------
+    list of str
+        Class names, in class order (empty when training covers every test class).
+    """
+    have = set(np.asarray(y)[np.asarray(train_rows, dtype=np.int64)].tolist())
+    need = set(np.asarray(y)[fold.test].tolist())
+    return [classes[c] for c in sorted(need - have)]
 
 
 def _store(spec: MethodSpec, sample_ids: Sequence[str], features_dir: str | os.PathLike,
@@ -321,11 +350,16 @@ def _run_loso(name: str, spec: MethodSpec, settings: TrainSettings, params: Mapp
             fold_of[fold.test] = fold.name
             curves += [{"task": task.key, **c} for c in res["curves"]]
             m = emotion_metrics(y[fold.test], res["decisions"])
+            absent = classes_absent_from_training(y, fold, res["train_rows"], task.classes)
+            if absent:
+                log.warning("%s fold %s: the training part has no sample of %s, present in the "
+                            "test part", name, fold.name, ", ".join(absent))
             write_json(paths.folds / f"{fold.name}.json", {
                 "task": "emotion", "protocol": "loso", "data": label, "fold": fold.name,
                 "held_out": fold.held_out,
                 "results": {task.key: {k: m[k] for k in EMOTION_METRIC_KEYS}},
                 "n_train": res["n_train"], "n_missing_features": int(res["missing"].sum()),
+                "classes_absent_from_training": absent,
                 "selected_epoch": res["selected_epoch"], "seed": res["seed"]})
         m = emotion_metrics(y, decisions)
         results[task.key] = {k: m[k] for k in EMOTION_METRIC_KEYS}

@@ -1,0 +1,198 @@
+"""Repeated runs of one method over several training seeds: mean and standard deviation.
+
+A method is trained once per seed of ``train.seeds`` (or ``methods.<name>.seeds``; null: the one
+run seed ``seed`` of ``params.yaml``), every run under the same folds.  Layout of the outputs
+(ARCHITECTURE.md, "Metrics files", extended):
+
+* ``metrics/<method>.json`` — the usual fields, every measured number replaced by its **mean over
+  the seeds**, plus ``"seeds": [s1, s2, …]`` and, with more than one seed, ``"sd": {…}``: the
+  sample standard deviation (ddof 1) of every measured number, in the same nesting as the
+  fields themselves (``sd.f1_mean``, ``sd.f1_per_au.AU4``, ``sd.results.casme2-5.uf1``, …), so
+  that ``dvc metrics show|diff`` lists ``sd.<field>`` next to ``<field>``.  Aggregation is
+  generic over the metric dict (:func:`aggregate_seeds`): any field a method family adds is
+  averaged too.
+* ``metrics/<method>/seeds/<seed>.json`` — each seed's own metric dict.
+* The first seed's run keeps the single-run layout (``metrics/<method>/folds/``,
+  ``predictions.csv``, ``curves*.csv``, ``live/``; ``models/<method>/<fold>.pt``), so the
+  confusion matrices, curves and Grad-CAM read one run as before; every further seed writes the
+  same files under ``metrics/<method>/seeds/<seed>/`` and ``models/<method>/seed<seed>/``.
+
+Choices (none of the papers fixes them): the sample standard deviation (n − 1; undefined, so not
+written, for one seed); integers equal in every seed (sample counts) are kept as integers and get
+no ``sd``; numbers that are not measured by the run (the published ``paper`` block) are copied
+from the first seed; strings and other fields must agree across seeds.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipeline.io import write_json
+
+log = logging.getLogger("train")
+
+__all__ = ["NOT_MEASURED", "SeedError", "aggregate_seeds", "resolve_seeds", "run_method_seeds"]
+
+#: Top-level fields that are not measured by the run (copied, never averaged).
+NOT_MEASURED: tuple[str, ...] = ("paper",)
+
+
+class SeedError(ValueError):
+    """Bad ``seeds`` parameter, or per-seed results that do not share one layout."""
+
+
+def resolve_seeds(seeds: Any, run_seed: int) -> list[int]:
+    """The training seeds of a method: ``seeds`` (a list of ints) or ``[run_seed]`` when null.
+
+    Raises
+    ------
+    SeedError
+        If ``seeds`` is not null and not a non-empty list of distinct integers.
+    """
+    if seeds is None:
+        return [int(run_seed)]
+    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence) or not seeds:
+        raise SeedError(f"seeds must be null or a non-empty list of integers, got {seeds!r}")
+    out = []
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, int):
+            raise SeedError(f"seeds must be integers, got {s!r} in {list(seeds)!r}")
+        out.append(int(s))
+    if len(set(out)) != len(out):
+        raise SeedError(f"seeds must be distinct, got {out!r}")
+    return out
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _mean_sd(values: Sequence[float]) -> tuple[float, float | None]:
+    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not finite:
+        return float("nan"), None
+    mean = sum(finite) / len(finite)
+    if len(finite) < 2:
+        return mean, None
+    var = sum((v - mean) ** 2 for v in finite) / (len(finite) - 1)
+    return mean, math.sqrt(var)
+
+
+def _aggregate(values: Sequence[Any], where: str) -> tuple[Any, Any]:
+    """(mean-tree, sd-tree or None) of one field over the seeds."""
+    first = values[0]
+    if isinstance(first, Mapping):
+        if not all(isinstance(v, Mapping) and set(v) == set(first) for v in values):
+            raise SeedError(f"{where}: the seeds' results have different keys "
+                            f"({[sorted(v) if isinstance(v, Mapping) else v for v in values]})")
+        mean: dict[str, Any] = {}
+        sd: dict[str, Any] = {}
+        for key in first:
+            m, s = _aggregate([v[key] for v in values], f"{where}.{key}")
+            mean[key] = m
+            if s is not None:
+                sd[key] = s
+        return mean, (sd or None)
+    if _is_number(first) or first is None:
+        if not all(_is_number(v) or v is None for v in values):
+            raise SeedError(f"{where}: numbers in some seeds, not in others: {list(values)!r}")
+        if all(isinstance(v, int) for v in values) and len(set(values)) == 1:
+            return first, None                      # counts: identical integers stay integers
+        mean_v, sd_v = _mean_sd(values)
+        return mean_v, (sd_v if len(values) > 1 else None)
+    if not all(v == first for v in values):
+        raise SeedError(f"{where}: differs across seeds ({list(values)!r}); only numbers may")
+    return first, None
+
+
+def aggregate_seeds(results: Sequence[Mapping[str, Any]], seeds: Sequence[int]) -> dict[str, Any]:
+    """Mean over seeds of every measured number of a metric dict, plus ``seeds`` and ``sd``.
+
+    Parameters
+    ----------
+    results : sequence of mapping
+        One ``metrics/<method>.json`` dict per seed (any nesting of dicts; leaves are numbers,
+        strings, lists or null), in the order of ``seeds``.
+    seeds : sequence of int
+
+    Returns
+    -------
+    dict
+        The first result's layout with every float leaf (and every integer leaf that differs
+        across seeds) replaced by the mean over seeds (non-finite values ignored; NaN if none is
+        finite), ``"seeds": list(seeds)`` and, for two or more seeds, ``"sd"``: the sample
+        standard deviation (ddof 1) of each such leaf, nested like the fields.  Fields of
+        :data:`NOT_MEASURED` are copied from the first seed.
+
+    Raises
+    ------
+    SeedError
+        If the lists differ in length, are empty, or the seeds' dicts differ in keys, or in a
+        non-numeric field.
+    """
+    if not results or len(results) != len(seeds):
+        raise SeedError(f"{len(results)} results for {len(seeds)} seeds")
+    first = results[0]
+    measured = [{k: v for k, v in r.items() if k not in NOT_MEASURED and k not in ("seeds", "sd")}
+                for r in results]
+    mean, sd = _aggregate(measured, "metrics")
+    out: dict[str, Any] = {**mean, **{k: first[k] for k in NOT_MEASURED if k in first}}
+    out["seeds"] = [int(s) for s in seeds]
+    if len(results) > 1:
+        out["sd"] = sd or {}
+    return out
+
+
+def run_method_seeds(name: str, params: Mapping[str, Any], samples: pd.DataFrame,
+                     features_dir: str | os.PathLike, models_dir: str | os.PathLike,
+                     metrics_dir: str | os.PathLike, metrics_json: str | os.PathLike, label: str,
+                     seeds: Sequence[int],
+                     published: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Run method ``name`` once per seed and write the layout of the module docstring.
+
+    Parameters
+    ----------
+    name, params, samples, features_dir, label, published
+        As for :func:`pipeline.training.run.run_method`.
+    models_dir, metrics_dir : path
+        ``models/<method>/`` and ``metrics/<method>/`` (usually temporary folders).
+    metrics_json : path
+        ``metrics/<method>.json`` (the aggregate).
+    seeds : sequence of int
+        Training seeds (:func:`resolve_seeds`); the first one's run keeps the single-run layout.
+
+    Returns
+    -------
+    dict
+        The aggregate written to ``metrics_json`` (:func:`aggregate_seeds`).
+
+    Raises
+    ------
+    SeedError
+        If ``seeds`` is empty; otherwise whatever :func:`~pipeline.training.run.run_method` raises.
+    """
+    from pipeline.training.run import RunPaths, run_method
+
+    if not seeds:
+        raise SeedError(f"{name}: no training seed")
+    metrics_dir, models_dir = Path(metrics_dir), Path(models_dir)
+    results = []
+    for i, seed in enumerate(seeds):
+        per_seed = metrics_dir / "seeds" / f"{seed}.json"
+        if i == 0:
+            paths = RunPaths(models_dir, metrics_dir, per_seed)
+        else:
+            paths = RunPaths(models_dir / f"seed{seed}", metrics_dir / "seeds" / str(seed), per_seed)
+        log.info("%s: seed %d (%d of %d)", name, seed, i + 1, len(seeds))
+        results.append(run_method(name, params, samples, features_dir, paths, label, int(seed),
+                                  published))
+    aggregate = aggregate_seeds(results, seeds)
+    write_json(metrics_json, aggregate)
+    return aggregate
