@@ -126,7 +126,9 @@ TRAIN_KEYS: dict[str, Key] = {
     "selection": Str("last", choices=("last", "inner_val")),
     "val_share": Float(0.2, min=0.0, max=0.9),
     "threshold": Float(0.5, min=0.0, max=1.0),
-    "save_checkpoints": Bool(True),
+    # true | false | a list of fold names or fnmatch patterns (pipeline.training.run)
+    "save_checkpoints": OneOf(Bool(), List(Str()), default=True,
+                              what="true, false or a list of fold names/patterns"),
     "flow_norm": Str("sample", choices=("sample", "none")),
     "flow_quantile": Float(0.99, min=0.5, max=1.0),
     "eval_batch_size": Int(64, min=1),
@@ -266,6 +268,15 @@ SECTIONS: dict[str, Key] = {
         "n_samples": Int(4, min=1), "device": DEVICE, "torch_threads": THREADS,
         "networks": Dict(Map({"method": Str(what="a methods: section"),
                               "layer": Str(what="a dotted module name")})),
+    }),
+    "flow_mag": Map({  # pipeline/features/flow_mag.py (annotation-mimicking On-A / Off-A flows)
+        "magnifier": Str("oh", choices=("oh", "stmemm")), "alpha": Float(6, gt=0.0),
+        "size": Int(64, min=8), "max_failed_share": SHARE,
+    }),
+    "aucam": Map({  # stages/aucam.py (Ruan et al.'s AU-CAM figure)
+        "method": Str("mimicking", what="a methods: section"),
+        "fold": Str(None, nullable=True, what="a fold name <task>__<subject>"),
+        "n_samples": Int(4, min=1), "torch_threads": THREADS,
     }),
     "report": Map({"methods": List(Str(what="a methods: section"), nullable=True)}),
     # methods: one section per method, checked by method_schema() against its family.

@@ -28,7 +28,8 @@ import numpy as np
 from pipeline.io import atomic_path, defer_signals
 
 #: Current version of each cache schema; bump when a layout changes.
-SCHEMA_VERSIONS: dict[str, int] = {"faces": 1, "flow": 1, "patches": 1, "magnified": 1}
+SCHEMA_VERSIONS: dict[str, int] = {"faces": 1, "flow": 1, "patches": 1, "magnified": 1,
+                                   "flow_mag": 1}
 
 _STR = h5py.string_dtype("utf-8")
 

@@ -77,3 +77,19 @@ FAMILY_KEYS["ac4au"] = {
     "sequence_size": Int(112, min=8),
     "model": Free("a mapping of pipeline.models.ac4au.AC4AU_PAPER_CONFIG keys"),
 }
+
+# pipeline/training/methods_mimicking.py: the annotation-mimicking network (Ruan et al. 2022).
+FAMILY_KEYS["mimicking"] = {
+    "flow_source": Str("magnified", choices=("magnified", "apex")),
+    "magnifier": Str("oh", choices=("oh", "stmemm")),
+    "alpha": Float(6, gt=0.0),
+    "mag_threshold": Float(1.5, min=0.0),
+    "input_size": Int(224, min=8),
+    "dual": Bool(True),
+    "awm": Bool(True),
+    "wscl_lambda": Float(0.3, min=0.0, max=1.0),
+    "wscl_tau": Float(0.1, gt=0.0),
+    "region_replacing": Float(0.5, min=0.0, max=1.0),
+    "augment": Map({"hflip": Float(0.5, min=0.0, max=1.0), "erase": Float(0.0, min=0.0, max=1.0)}),
+    "model": Free("a mapping of pipeline.models.mimicking.MimickingConfig fields"),
+}

@@ -61,7 +61,8 @@ __all__ = [
 
 #: Modules whose import registers method families (see module docstring).
 METHOD_MODULES: list[str] = ["pipeline.training.baselines", "pipeline.training.methods_infusenet",
-                              "pipeline.training.methods_ac4au"]
+                              "pipeline.training.methods_ac4au",
+                              "pipeline.training.methods_mimicking"]
 
 TASKS = ("au", "emotion")
 PROTOCOLS = {"au": ("cd6me",), "emotion": ("loso",)}
@@ -157,6 +158,10 @@ class MethodSpec:
         For constant predictors, instead of ``build_model``.
     emotion_tasks : tuple of str
         LOSO task keys to run (:data:`~pipeline.training.protocols.EMOTION_TASKS`).
+    sample_extras : callable(DataFrame) -> dict of ndarray, optional
+        Per-sample arrays computed from the protocol's rows of ``samples.csv`` (one row each, in
+        table order, e.g. the AU sets of Ruan et al.'s WSCL); put into every batch under their
+        keys like ``"subject"``.
     """
 
     task: str
@@ -170,6 +175,7 @@ class MethodSpec:
     needs_subjects: bool = False
     constant: Callable[[], ConstantPredictor] | None = None
     emotion_tasks: tuple[str, ...] = ()
+    sample_extras: Callable[[Any], Mapping[str, np.ndarray]] | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:

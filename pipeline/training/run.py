@@ -175,12 +175,19 @@ def _run_fold(name: str, spec: MethodSpec, settings: TrainSettings, params: Mapp
         all_subjects = np.empty(len(targets_store), dtype=object)
         all_subjects[store_pos] = subjects
         extras["subject"] = np.array([index.get(s, -1) for s in all_subjects], dtype=np.int64)
+    if spec.sample_extras is not None:
+        for key, values in spec.sample_extras(table).items():
+            values = np.asarray(values)
+            arr = np.zeros((len(targets_store), *values.shape[1:]), dtype=values.dtype)
+            arr[store_pos] = values
+            extras[key] = arr
     outcome = fit_predict(
         spec, ctx, store, store_pos[train_rows], store_pos[fold.test[test_avail]], targets_store,
         settings,
         validation=None if validation_rows is None else store_pos[validation_rows],
         extras=extras, live_dir=paths.metrics / "live" / fold.name,
-        checkpoint=checkpoint_path(paths.models, fold.name) if settings.save_checkpoints else None)
+        checkpoint=(checkpoint_path(paths.models, fold.name)
+                    if _keeps_checkpoint(settings.save_checkpoints, fold.name) else None))
     scores = np.zeros((n_test, n_outputs))
     scores[test_avail] = outcome.scores
     if spec.task == "au":
@@ -221,6 +228,15 @@ def classes_absent_from_training(y: np.ndarray, fold: Fold, train_rows: np.ndarr
     have = set(np.asarray(y)[np.asarray(train_rows, dtype=np.int64)].tolist())
     need = set(np.asarray(y)[fold.test].tolist())
     return [classes[c] for c in sorted(need - have)]
+def _keeps_checkpoint(setting: Any, fold_name: str) -> bool:
+    """``save_checkpoints``: true/false, or a list of fold names or shell-style patterns
+    (``fnmatch``, e.g. ``casme2-5__*``: the folds an AU-CAM figure reads out of ~100 LOSO
+    folds)."""
+    if isinstance(setting, list | tuple):
+        import fnmatch
+
+        return any(fnmatch.fnmatchcase(fold_name, str(p)) for p in setting)
+    return bool(setting)
 
 
 def _store(spec: MethodSpec, sample_ids: Sequence[str], features_dir: str | os.PathLike,

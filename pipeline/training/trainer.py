@@ -81,7 +81,7 @@ class TrainSettings:
     val_share: float = 0.2
     threshold: float = 0.5
     grad_clip: float | None = None
-    save_checkpoints: bool = True
+    save_checkpoints: bool | list[str] = True
     preload: bool = True
     eval_batch_size: int = 64
     torch_threads: int | None = None
