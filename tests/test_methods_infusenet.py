@@ -42,7 +42,7 @@ TINY = {"family": "infusenet", "task": "au", "protocol": "cd6me", "epochs": 1, "
         "scheduler": {"name": "exponential", "gamma": 0.9}, "save_checkpoints": False,
         "torch_threads": 1}
 AU_KEYS = {"task", "protocol", "data", "f1_mean", "f1_per_au", "f1_per_database",
-           "f1_database_mean", "n_samples"}
+           "f1_database_mean", "n_samples", "auc_mean", "auc_per_au"}
 TWO_DBS = ("casme2", "samm")  # the cheap runs: two leave-one-database-out folds
 
 
