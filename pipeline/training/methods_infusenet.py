@@ -45,7 +45,10 @@ S = ``input_size`` (paper 224):
 Settings (besides the shared trainer's, :mod:`pipeline.training.trainer`): ``input_size``,
 ``pretrained`` (false | true: ImageNet through torchvision/timm, a download | the path of a local
 state-dict file, loaded into every stream), ``norm_scope`` (infusion normalisation:
-``tensor`` (ref. code) | ``sample`` | ``channel``), ``model`` (any other field of
+``tensor`` (ref. code) | ``sample`` | ``channel``, in training), ``eval_norm_scope`` (the
+scope at test time; null: ``norm_scope`` with ``tensor`` → ``sample``, so that a test prediction
+does not depend on the other samples of its batch; ``tensor`` is the ref. code's transductive
+test), ``model`` (any other field of
 :class:`~pipeline.models.infusenet.InfuseNetConfig`, e.g. ``latent_bn``,
 ``vit_infusion_blocks``), ``aux_flow_loss`` (weight of an extra BCE on FrameFlow's logits through
 InfuseNet's shared head, :meth:`~pipeline.models.infusenet.InfuseNet.forward_both`; default 0,
@@ -165,7 +168,7 @@ def resize_latent(latent: np.ndarray, side: int) -> np.ndarray:
 def _config(name: str, params: Mapping[str, Any], size: int) -> InfuseNetConfig:
     model = dict(params.get("model") or {})
     model["image_size"] = size
-    for key in ("pretrained", "norm_scope"):
+    for key in ("pretrained", "norm_scope", "eval_norm_scope"):
         if key in params:
             model[key] = params[key]
     if isinstance(model.get("pretrained"), str) and model["pretrained"].lower() in ("", "none"):
