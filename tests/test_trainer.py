@@ -223,3 +223,25 @@ def test_train_stage_cli(synth, tmp_path, monkeypatch):
     Path("params.yaml").write_text(yaml.safe_dump(params))
     assert train_stage.main(args) == 0
     assert json.loads(Path("models/cp/casme.json").read_text())["rule"] == "all_positive"
+
+
+def test_family_modules_register_their_families_and_load_lazily():
+    import importlib
+    import subprocess
+    import sys
+
+    from pipeline.training import registry
+
+    for family, module in registry.FAMILY_MODULES.items():
+        importlib.import_module(module)
+        assert registry._FAMILIES[family].__module__ == module, family
+    assert set(registry.FAMILY_MODULES) <= set(registry.registered_families())
+    # a ResNet stage imports neither timm (ViT) nor the AC4AU / InfuseNet modules
+    code = ("import sys; from pipeline.training.registry import build_method; "
+            "build_method('r', {'family': 'resnet_flow', 'task': 'au', 'protocol': 'cd6me', "
+            "'input_size': 32}); "
+            "print(sorted(m for m in ('timm', 'pipeline.training.methods_ac4au', "
+            "'pipeline.training.methods_infusenet') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "[]"
