@@ -193,11 +193,13 @@ def test_latent_enters_framemag_as_64_channels_at_half_side(synth, input_size):
     """Eq. 2: Mag(onset, apex) ‖ Mag(onset, pseudo-apex) from magnified.h5, resized to S/2 by
     area averaging when the model side S is below the cache's, reaches FrameMag's stem."""
     samples, feats = synth
-    spec = build_method("infusenet", {**TINY, "input_size": input_size})
+    spec = build_method("infusenet", {**TINY, "input_size": input_size,
+                                      "pseudo_apex_draw": "fixed"})
     assert [(i.key, i.cache, i.dataset) for i in spec.inputs] == [
         ("flow", "flow", "onset_apex"),
         ("latent_apex", "magnified", LATENT_DATASETS[0]),
         ("latent_pseudo", "magnified", LATENT_DATASETS[1])]
+    assert spec.train_transform is None
     ids = cd6me_table(samples)["sample_id"].tolist()
     store = FeatureStore(spec.inputs, ids, feats)
     pos = np.flatnonzero(store.available)[:3]
@@ -223,6 +225,43 @@ def test_latent_enters_framemag_as_64_channels_at_half_side(synth, input_size):
             np.testing.assert_allclose(latent[j, 32 * k:32 * (k + 1)].numpy(), expected,
                                        rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(seen["x"], torch.relu(latent))  # ref. code: relu, no bn1
+
+
+def test_pseudo_apex_redrawn_every_epoch_from_the_cached_offsets(synth):
+    """Sec. 3.1: each training sample draws a new pseudo-apex k ∈ [0, 5] each time it is seen,
+    from latent/onset_pseudo_all; evaluation keeps the cache's fixed draw."""
+    samples, feats = synth
+    spec = build_method("infusenet", {**TINY})  # default: per_epoch
+    assert [(i.key, i.dataset) for i in spec.inputs][-1] == ("latent_pseudo_all",
+                                                             "latent/onset_pseudo_all")
+    ids = cd6me_table(samples)["sample_id"].tolist()
+    store = FeatureStore(spec.inputs, ids, feats)
+    pos = np.flatnonzero(store.available)[:8]
+    batch = {k: torch.stack([store.item(int(p))[k] for p in pos])
+             for k in ("flow", "latent_apex", "latent_pseudo", "latent_pseudo_all")}
+    assert batch["latent_pseudo_all"].shape == (8, 6, 32, SIZE // 2, SIZE // 2)
+    gen = torch.Generator().manual_seed(0)
+    draws = []
+    for _epoch in range(3):  # the trainer applies the transform to every training batch
+        out = spec.train_transform(batch, gen)
+        k = out["pseudo_offset"]
+        torch.testing.assert_close(out["latent_pseudo"],
+                                   batch["latent_pseudo_all"][torch.arange(8), k])
+        draws.append(k)
+    draws = torch.stack(draws)
+    assert ((draws >= 0) & (draws <= 5)).all()
+    assert (draws != draws[0]).any(dim=0).sum() >= 4  # most samples changed offset
+    assert len(torch.unique(draws)) >= 4
+    # reproducible from the trainer's seeded generator
+    gen = torch.Generator().manual_seed(0)
+    torch.testing.assert_close(spec.train_transform(batch, gen)["pseudo_offset"], draws[0])
+    # the fixed (test-time) draw is the cached latent at pseudo_apex_offset
+    mag = FeatureCache(feats / "magnified.h5", "magnified")
+    row = mag.index_of(ids[pos[0]])
+    fixed = int(mag.read("pseudo_apex_offset", row))
+    torch.testing.assert_close(batch["latent_pseudo"][0], batch["latent_pseudo_all"][0, fixed])
+    with pytest.raises(MethodError, match="pseudo_apex_draw"):
+        build_method("infusenet", {**TINY, "pseudo_apex_draw": "per_iteration"})
 
 
 def _ctx(spec, size):

@@ -173,6 +173,8 @@ def add_infusenet_caches(feats: Path, seed: int = 0, drop_from_magnified: int = 
     * ``latent/onset_apex`` ``(N, 32, S/2, S/2) float16``: a fixed random linear map of the
       sample's (u, v) flow (2×2 area average) plus "magnification artefacts" (smooth noise of
       amplitude ``artefact``); ``latent/onset_pseudo``: 0.8 × that plus its own noise;
+      ``latent/onset_pseudo_all`` ``(N, 6, 32, S/2, S/2)``: one such latent per offset k = 0…5,
+      (0.8 − 0.05 k) × that plus noise, with ``latent/onset_pseudo`` at the drawn offset;
     * ``frames/oh/alpha{a}/apex`` ``(N, S, S, 3) uint8``: a grey face-like ramp shaded by the
       flow magnitude ×α/10, for each α of ``image_alphas``;
     * ``pseudo_apex_offset`` ``(N,) int16`` from :func:`draw_pseudo_apex_offsets` (seed ``seed``);
@@ -186,6 +188,7 @@ def add_infusenet_caches(feats: Path, seed: int = 0, drop_from_magnified: int = 
     from pipeline.models.infusenet import draw_pseudo_apex_offsets
 
     rng = np.random.default_rng(seed + 1000)
+    other = np.random.default_rng(seed + 2000)
     flow = FeatureCache(Path(feats) / "flow.h5", "flow")
     ids = list(flow.sample_ids)
     size = int(flow.datasets["onset_apex"][0][1])
@@ -209,9 +212,15 @@ def add_infusenet_caches(feats: Path, seed: int = 0, drop_from_magnified: int = 
             noise = noise.repeat(4, axis=1).repeat(4, axis=2)[:, :half, :half]
             apex = (lat + noise).astype(np.float16)
             pseudo = (0.8 * lat + rng.normal(0, artefact, lat.shape)).astype(np.float16)
+            # every offset k = 0..5 (the drawn one is latent/onset_pseudo); own generator, so
+            # the other arrays keep their values
+            every = np.stack([(0.8 - 0.05 * k) * lat + other.normal(0, artefact, lat.shape)
+                              for k in range(6)]).astype(np.float16)
+            every[offsets[sid]] = pseudo
             magnitude = np.sqrt((f[..., :2] ** 2).sum(-1))
             arrays: dict[str, np.ndarray] = {
                 "latent/onset_apex": apex, "latent/onset_pseudo": pseudo,
+                "latent/onset_pseudo_all": every,
                 "pseudo_apex_offset": np.int16(offsets[sid])}
             for a in image_alphas:
                 grey = np.clip(face + 40 * magnitude * float(a) / 10, 0, 255).astype(np.uint8)

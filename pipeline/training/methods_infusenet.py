@@ -33,9 +33,13 @@ S = ``input_size`` (paper 224):
   each (32, S_c/2, S_c/2) float16 at the cache's crop side S_c = ``flow.size``, resized to S/2 by
   area averaging (bilinear when enlarging; :func:`resize_latent`) and concatenated in that order,
   Mag(onset, apex) ‖ Mag(onset, pseudo-apex) (Eq. 2): (64, S/2, S/2), FrameMag's conv1 output.
-  The magnification factor α is the cache's (``magnify.latent_alpha``, paper 10), the
-  pseudo-apex offset (Sec. 3.1: k ∈ [0, 5] frames, fixed seed) the cache's
-  ``pseudo_apex_offset`` (``magnify.pseudo_apex``).  Resizing the latent map stands in for
+  The magnification factor α is the cache's (``magnify.latent_alpha``, paper 10).  The
+  pseudo-apex (Sec. 3.1: k ∈ [0, 5] frames after the apex): with ``pseudo_apex_draw:
+  per_epoch`` (default) every training sample draws a new k each time it is seen, from the
+  cached latents of all offsets (``latent/onset_pseudo_all``, :func:`redraw_pseudo_apex`; the
+  paper redraws every iteration); ``fixed`` keeps the cache's one fixed-seed draw per sample
+  (``pseudo_apex_offset``, ``magnify.pseudo_apex``).  Test samples always use the fixed draw.
+  Resizing the latent map stands in for
   computing it on a smaller crop when S ≠ S_c (the quick configuration); with S = S_c (paper:
   224 px crops and flow) it is the identity;
 * ``image`` (``infusenet_image``, Table 3) — ``magnified.h5``
@@ -114,6 +118,10 @@ __all__ = [
 #: The two latent datasets of ``magnified.h5``, concatenated in this order (channels 0–31, 32–63).
 LATENT_DATASETS: tuple[str, str] = ("latent/onset_apex", "latent/onset_pseudo")
 _LATENT_KEYS: tuple[str, str] = ("latent_apex", "latent_pseudo")
+#: The latents of every pseudo-apex offset k = 0…K (``pseudo_apex_draw: per_epoch``).
+PSEUDO_ALL_DATASET = "latent/onset_pseudo_all"
+_PSEUDO_ALL_KEY = "latent_pseudo_all"
+PSEUDO_APEX_DRAWS: tuple[str, ...] = ("per_epoch", "fixed")
 
 
 def alpha_tag(alpha: float) -> str:
@@ -165,6 +173,58 @@ def resize_latent(latent: np.ndarray, side: int) -> np.ndarray:
     return np.ascontiguousarray(out[0].numpy())
 
 
+def resize_latents(latents: np.ndarray, side: int) -> np.ndarray:
+    """:func:`resize_latent` for a stack of latent maps (one per pseudo-apex offset).
+
+    Parameters
+    ----------
+    latents : ndarray of shape (K, C, h, w), float16 or float32
+    side : int
+
+    Returns
+    -------
+    ndarray of shape (K, C, side, side), float32
+
+    Raises
+    ------
+    ValueError
+        If ``latents`` is not 4-D (or as :func:`resize_latent`).
+    """
+    arr = np.asarray(latents)
+    if arr.ndim != 4:
+        raise ValueError(f"latents must be (K, C, h, w), got shape {arr.shape}")
+    k, c = arr.shape[:2]
+    return resize_latent(arr.reshape(k * c, *arr.shape[2:]), side).reshape(k, c, side, side)
+
+
+def redraw_pseudo_apex(batch: dict[str, torch.Tensor], gen: torch.Generator) -> dict:
+    """Training batch with a fresh pseudo-apex per sample (InfuseNet Sec. 3.1).
+
+    Each sample's Mag(onset, pseudo-apex) is replaced by the cached latent of an offset
+    k ~ U{0, …, K} drawn from the trainer's seeded generator, so every sample gets a new draw each
+    time it is seen (once per epoch; the paper redraws per iteration).  Evaluation keeps the
+    cache's fixed-seed draw (``latent/onset_pseudo``).
+
+    Parameters
+    ----------
+    batch : dict of Tensor
+        With ``latent_pseudo_all`` of shape (B, K + 1, 32, s, s).
+    gen : torch.Generator
+
+    Returns
+    -------
+    dict
+        A copy with ``latent_pseudo`` (B, 32, s, s) at the drawn offsets and ``pseudo_offset``
+        (B,) int64 the offsets.
+    """
+    every = batch[_PSEUDO_ALL_KEY]
+    k = torch.randint(0, every.shape[1], (every.shape[0],), generator=gen)
+    out = dict(batch)
+    out[_LATENT_KEYS[1]] = every[torch.arange(every.shape[0]), k.to(every.device)]
+    out["pseudo_offset"] = k
+    return out
+
+
 def _config(name: str, params: Mapping[str, Any], size: int) -> InfuseNetConfig:
     model = dict(params.get("model") or {})
     model["image_size"] = size
@@ -212,6 +272,10 @@ def _inputs(name: str, variant: str, params: Mapping[str, Any],
             prep = functools.partial(resize_latent, side=size // 2)
             specs += [InputSpec(key, "magnified", ds, "array", size // 2, prep)
                       for key, ds in zip(_LATENT_KEYS, LATENT_DATASETS, strict=True)]
+            if _pseudo_draw(name, params) == "per_epoch":
+                specs.append(InputSpec(_PSEUDO_ALL_KEY, "magnified", PSEUDO_ALL_DATASET, "array",
+                                       size // 2, functools.partial(resize_latents,
+                                                                    side=size // 2)))
         else:
             magnifier = str(params.get("image_magnifier", "oh"))
             if magnifier not in ("oh", "stmemm"):
@@ -224,6 +288,14 @@ def _inputs(name: str, variant: str, params: Mapping[str, Any],
             ds = f"frames/{magnifier}/{alpha_tag(alpha)}/apex"
             specs.append(InputSpec("image", "magnified", ds, "image", size))
     return tuple(specs), kinds
+
+
+def _pseudo_draw(name: str, params: Mapping[str, Any]) -> str:
+    draw = str(params.get("pseudo_apex_draw", "per_epoch"))
+    if draw not in PSEUDO_APEX_DRAWS:
+        raise MethodError(f"methods.{name}.pseudo_apex_draw must be one of {PSEUDO_APEX_DRAWS}, "
+                          f"got {draw!r}")
+    return draw
 
 
 def _model_args(kinds: Sequence[str], batch: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
@@ -300,6 +372,8 @@ def _infusenet(name: str, params: dict[str, Any]) -> MethodSpec:
     if hflip > 0:
         def transform(batch: dict[str, torch.Tensor], gen: torch.Generator) -> dict:
             return flow_hflip(batch, gen, hflip, flow_keys=("flow",), image_keys=("image",))
+    elif "latent" in kinds and _pseudo_draw(name, params) == "per_epoch":
+        transform = redraw_pseudo_apex
 
     return MethodSpec(task=task, protocol=protocol, inputs=inputs, build_model=build,
                       build_loss=build_loss, forward=forward, train_transform=transform)
