@@ -264,6 +264,55 @@ def test_pseudo_apex_redrawn_every_epoch_from_the_cached_offsets(synth):
         build_method("infusenet", {**TINY, "pseudo_apex_draw": "per_iteration"})
 
 
+def test_end_to_end_fine_tunes_the_magnifier(synth, tmp_path):
+    """Sec. 3.2: with end_to_end the latent is computed by the magnifier's encoder and
+    manipulator inside the network, initialised from the magnifier weights, and trained."""
+    from pipeline.magnification.train import build_magnifier, save_magnifier
+
+    samples, feats = synth
+    torch.manual_seed(0)
+    arch = {"texture_branch": True}
+    magnifier = build_magnifier("oh", arch)
+    weights = tmp_path / "oh.pt"
+    save_magnifier(weights, "oh", magnifier, arch, {})
+    params = {**TINY, "end_to_end": True, "magnifier_weights": str(weights), "crop_size": SIZE}
+    spec = build_method("infusenet", params)
+    assert {i.key for i in spec.inputs} == {"flow", "crop_onset", "crop_apex", "crop_window",
+                                            "pseudo_fixed"}
+    ids = cd6me_table(samples)["sample_id"].tolist()
+    store = FeatureStore(spec.inputs, ids, feats)
+    pos = np.flatnonzero(store.available)[:6]
+    batch = {k: torch.stack([store.item(int(p))[k] for p in pos]) for k in store.item(int(pos[0]))
+             if k not in ("target", "index")}
+    assert batch["crop_window"].shape == (6, 6, 3, SIZE, SIZE)
+    model = spec.build_model(_ctx(spec, SIZE))
+    enc = model.magnifier.encoder
+    # initialised from the weight file (texture branch dropped: the latent does not use it)
+    torch.testing.assert_close(enc.conv1.weight, magnifier.encoder.conv1.weight)
+    assert not hasattr(enc, "conv1_texture")
+    # the cached-latent path's latent = the magnifier's magnified difference, here with grads
+    onset, apex = batch["crop_onset"], batch["crop_apex"]
+    with torch.no_grad():
+        expected = magnifier.magnified_difference(onset * 2 - 1, apex * 2 - 1, 10.0)
+    torch.testing.assert_close(model.magnifier(onset, (apex,)), expected, rtol=1e-4, atol=1e-5)
+    model.train()
+    out = spec.forward(model, spec.train_transform(batch, torch.Generator().manual_seed(0)))
+    out.sum().backward()
+    for p in (enc.conv1.weight, model.magnifier.manipulator.convblks[0].conv1.weight):
+        assert p.grad is not None and p.grad.abs().sum() > 0
+    before = enc.conv1.weight.detach().clone()
+    torch.optim.Adam(model.parameters(), lr=1e-3).step()
+    assert not torch.equal(before, enc.conv1.weight)
+    # evaluation uses the fixed draw: deterministic, no pseudo_offset needed
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(spec.forward(model, batch), spec.forward(model, batch))
+    with pytest.raises(MethodError, match="magnifier_weights"):
+        build_method("infusenet", {**params, "magnifier_weights": str(tmp_path / "no.pt")})
+    with pytest.raises(MethodError, match="reads no magnified latent"):
+        build_method("vit_tiny_flow", {**params, "input_size": 32})
+
+
 def _ctx(spec, size):
     from pipeline.training.protocols import Fold
     from pipeline.training.registry import FoldContext

@@ -178,7 +178,9 @@ def add_infusenet_caches(feats: Path, seed: int = 0, drop_from_magnified: int = 
     * ``frames/oh/alpha{a}/apex`` ``(N, S, S, 3) uint8``: a grey face-like ramp shaded by the
       flow magnitude ×α/10, for each α of ``image_alphas``;
     * ``pseudo_apex_offset`` ``(N,) int16`` from :func:`draw_pseudo_apex_offsets` (seed ``seed``);
-    * ``faces.h5`` ``crop{S}/apex`` ``(N, S, S, 3) uint8`` (the Grad-CAM backgrounds).
+    * ``faces.h5`` ``crop{S}/apex`` ``(N, S, S, 3) uint8`` (the Grad-CAM backgrounds), ``crop{S}/
+      onset`` (the plain ramp) and ``crop{S}/pseudo_apex`` ``(N, 6, S, S, 3)`` (the end-to-end
+      option's inputs).
 
     ``drop_from_magnified`` leaves that many of flow.h5's samples out of ``magnified.h5`` (a
     sample that failed in the magnify stage), and so does each id of ``drop_ids``.  Returns the
@@ -228,7 +230,13 @@ def add_infusenet_caches(feats: Path, seed: int = 0, drop_from_magnified: int = 
                 arrays[f"frames/oh/{tag}/apex"] = np.repeat(grey[..., None], 3, axis=2)
             if sid not in dropped:
                 mw.append(sid, arrays)
-            fw.append(sid, {f"crop{size}/apex": np.repeat(
-                np.clip(face + 20 * magnitude, 0, 255).astype(np.uint8)[..., None], 3, axis=2)})
+            apex_img = np.repeat(
+                np.clip(face + 20 * magnitude, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+            onset_img = np.repeat(np.clip(face, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+            window = np.stack([np.repeat(np.clip(face + (20 - 2 * k) * magnitude, 0, 255)
+                                         .astype(np.uint8)[..., None], 3, axis=2)
+                               for k in range(6)])
+            fw.append(sid, {f"crop{size}/apex": apex_img, f"crop{size}/onset": onset_img,
+                            f"crop{size}/pseudo_apex": window})
     flow.close()
     return mag_path, faces_path

@@ -78,6 +78,8 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "CD6ME_AUS",
+    "EndToEndInfuseNet",
+    "MagnifierLatent",
     "NORM_SCOPES",
     "PAPER_F1",
     "PUBLISHED_KEYS",
@@ -767,6 +769,113 @@ class InfuseNet(_TwoStreamBase):
         """
         p_mag, p_flow = self.features(flow, mag)
         return self.head(p_mag), self.head(p_flow)
+
+
+# --------------------------------------------------------------------------------------------
+# End to end: the magnifier's encoder and manipulator inside InfuseNet (Sec. 3.2)
+# --------------------------------------------------------------------------------------------
+
+
+class MagnifierLatent(nn.Module):
+    """Mag(a, b) = Δ̂ = h((α − 1)·g(M_b − M_a)) of the Oh et al. magnifier, with gradients
+    (InfuseNet Sec. 3.2, Eq. 1–2: "the encoder and manipulator ... are fine-tuned").
+
+    Holds the magnifier's encoder (shape branch; a texture branch, unused by the latent, is
+    dropped) and manipulator; the decoder is not needed.
+
+    Parameters
+    ----------
+    magnifier : OhMagNet
+        Trained weights (``models/magnifier/oh.pt``); its encoder and manipulator are taken over
+        (not copied).
+    alpha : float
+        Magnification factor α (paper 10).
+    kind : {"difference", "manipulated"}
+        Δ̂ (ref. code; as ``magnify.latent_kind: difference``) or M_b + Δ̂.
+    """
+
+    def __init__(self, magnifier: nn.Module, alpha: float = 10.0, kind: str = "difference") -> None:
+        super().__init__()
+        if kind not in ("difference", "manipulated"):
+            raise ValueError(f"latent kind must be 'difference' or 'manipulated', got {kind!r}")
+        encoder = magnifier.encoder
+        if getattr(encoder, "texture_branch", False):
+            encoder.texture_branch = False
+            del encoder.conv1_texture, encoder.resblks_texture
+        self.encoder = encoder
+        self.manipulator = magnifier.manipulator
+        self.alpha = float(alpha)
+        self.pick = 0 if kind == "difference" else 1
+
+    def forward(self, frame_a: torch.Tensor, frames_b: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Latents of (a, b) for each b, concatenated channel-wise.
+
+        Parameters
+        ----------
+        frame_a : Tensor of shape (B, 3, S, S), float in [0, 1]
+            E.g. the onset crop (RGB).
+        frames_b : sequence of Tensor of shape (B, 3, S, S), float in [0, 1]
+            E.g. the apex and pseudo-apex crops.
+
+        Returns
+        -------
+        Tensor of shape (B, 32 · len(frames_b), S/2, S/2)
+            Mag(a, b_1) ‖ Mag(a, b_2) ‖ … (Eq. 2).
+        """
+        n = len(frames_b)
+        x = torch.cat([frame_a, *frames_b]) * 2.0 - 1.0  # [0, 1] → the magnifier's [−1, 1]
+        _, shape = self.encoder(x)
+        m = shape.chunk(n + 1)
+        lat = [self.manipulator(m[0], m_b, self.alpha)[self.pick] for m_b in m[1:]]
+        return torch.cat(lat, dim=1)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, kind={('difference', 'manipulated')[self.pick]!r}"
+
+
+class EndToEndInfuseNet(nn.Module):
+    """An InfuseNet-table network whose latent input is computed by a fine-tuned magnifier.
+
+    Parameters
+    ----------
+    net : nn.Module
+        A :func:`build_infusenet_variant` network with a ``latent`` input.
+    magnifier : MagnifierLatent
+
+    Attributes
+    ----------
+    input_names : tuple of str
+        ``net``'s, with ``latent`` kept as the name of the slot the magnifier fills.
+    """
+
+    def __init__(self, net: nn.Module, magnifier: MagnifierLatent) -> None:
+        super().__init__()
+        if "latent" not in getattr(net, "input_names", ()):
+            raise ValueError(f"{type(net).__name__} takes no magnified latent; the end-to-end "
+                             "option applies to the latent variants")
+        self.net = net
+        self.magnifier = magnifier
+        self.input_names = net.input_names
+        self.image_size = getattr(net, "image_size", None)
+
+    def forward(self, inputs: Mapping[str, torch.Tensor], onset: torch.Tensor,
+                apex: torch.Tensor, pseudo: torch.Tensor) -> torch.Tensor:
+        """Logits from the network's other inputs and the crops the latent is computed from.
+
+        Parameters
+        ----------
+        inputs : mapping of str to Tensor
+            The network's non-latent inputs by name (e.g. ``flow`` (B, 3, S, S)).
+        onset, apex, pseudo : Tensor of shape (B, 3, S, S), float in [0, 1]
+            Crops at the model side S (the latent is S/2).
+
+        Returns
+        -------
+        Tensor of shape (B, num_classes)
+        """
+        latent = self.magnifier(onset, (apex, pseudo))
+        args = [latent if k == "latent" else inputs[k] for k in self.input_names]
+        return self.net(*args)
 
 
 # --------------------------------------------------------------------------------------------
