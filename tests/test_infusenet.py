@@ -129,7 +129,9 @@ def _reference_mask(f: torch.Tensor, scope: str) -> torch.Tensor:
 
 @pytest.mark.parametrize("scope", ["tensor", "sample", "channel"])
 def test_infusion_after_layer1_to_layer4_and_pooling(scope: str) -> None:
-    model = build_infusenet_variant("infusenet", {"image_size": S, "norm_scope": scope})
+    # eval mode with the same scope at test time (tensor: the ref. code's transductive test)
+    model = build_infusenet_variant("infusenet", {"image_size": S, "norm_scope": scope,
+                                                  "eval_norm_scope": scope})
     model.eval()
     seen: dict[str, torch.Tensor] = {}
 
