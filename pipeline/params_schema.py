@@ -258,7 +258,9 @@ SECTIONS: dict[str, Key] = {
         "latent_alpha": Float(10, min=0.0),
         "latent_kind": Str("difference", choices=("difference", "manipulated")),
         "frames": Map({"oh": List(Float(min=0.0)), "stmemm": List(Float(min=0.0))}),
-        "pseudo_apex": Map({"seed": Int(0, min=0), "max_offset": Int(5, min=0)}),
+        # all_offsets: also latent/onset_pseudo_all (every k = 0..max_offset; InfuseNet per-epoch draw)
+        "pseudo_apex": Map({"seed": Int(0, min=0), "max_offset": Int(5, min=0),
+                            "all_offsets": Bool(True)}),
         "batch_size": Int(16, min=1),
         "figure_samples": Int(4, min=0),
     }),

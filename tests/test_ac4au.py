@@ -407,3 +407,58 @@ def test_backbone_weight_mismatch_is_a_clear_error(tmp_path):
         load_backbone_weights(tiny(), unrelated, strict=False)
     with pytest.raises(FileNotFoundError, match="absent.pt"):
         load_backbone_weights(tiny(), tmp_path / "absent.pt")
+
+
+# ------------------------------------------------------------------ dropout mask, γ warm-up
+
+
+@pytest.mark.parametrize(("mask", "static_ac"), [("sequence", False), ("frame", True)])
+def test_training_dropout_gives_a_static_sequence_no_fake_motion(mask, static_ac):
+    # a static sequence (the same frame l times) in training mode: with one mask per sequence
+    # its frames stay equal, F^AC = 0; per-frame masks create an AC part out of noise
+    model = tiny(dropout=0.3, dropout_mask=mask).train()
+    frame = batch(b=2, length=1)
+    static = frame.expand(2, 4, 3, 32, 32).contiguous()
+    torch.manual_seed(3)
+    features = model.frame_features(static)
+    _, ac = frd_decompose(features)
+    ratio = float(ac.detach().norm() / features.detach().norm())
+    assert (ratio > 0.01) == static_ac, ratio
+    # the masks do drop: two training passes differ, eval passes do not
+    torch.manual_seed(4)
+    assert not torch.allclose(model.frame_features(static), features)
+    model.eval()
+    torch.testing.assert_close(model.frame_features(static), model.frame_features(static))
+
+
+def test_sequence_dropout_shares_one_mask_per_sequence():
+    from pipeline.models.ac4au import SequenceDropout
+
+    drop = SequenceDropout(0.5, 3).train()
+    torch.manual_seed(0)
+    out = drop(torch.ones(6, 40))  # 2 sequences of 3 frames
+    seq = out.view(2, 3, 40)
+    assert torch.equal(seq[:, 0], seq[:, 1]) and torch.equal(seq[:, 0], seq[:, 2])
+    assert set(out.unique().tolist()) == {0.0, 2.0}  # inverted dropout: kept x / (1 - p)
+    assert not torch.equal(seq[0, 0], seq[1, 0])
+    with pytest.raises(ValueError, match="whole sequences"):
+        drop(torch.ones(5, 4))
+    with pytest.raises(ValueError, match="dropout_mask"):
+        ac4au_config({"dropout_mask": "token"})
+
+
+def test_gamma_warmup_ramps_the_subject_loss_weight():
+    crit = build_ac4au_criterion({**TINY, "gamma": 0.4, "gamma_warmup_epochs": 4},
+                                 np.full(12, 0.2), 3)
+    assert crit.gamma_now == 0.0
+    assert [crit.set_epoch(e) for e in (1, 2, 3, 5, 9)] == pytest.approx([0, 0.1, 0.2, 0.4, 0.4])
+    paper = build_ac4au_criterion(TINY, np.full(12, 0.2), 3)
+    assert paper.gamma_now == 0.1 and paper.set_epoch(1) == 0.1  # the paper's constant γ
+    # the total is γ_now·L_DC + L_AU
+    model = tiny().train()
+    out = model(batch())
+    crit.set_epoch(3)
+    terms = crit(out, torch.zeros(2, 12), torch.tensor([0, 2]))
+    torch.testing.assert_close(terms.total, 0.2 * terms.dc + terms.au)
+    with pytest.raises(ValueError, match="gamma_warmup_epochs"):
+        ac4au_config({"gamma_warmup_epochs": -1})

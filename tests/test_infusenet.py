@@ -129,7 +129,9 @@ def _reference_mask(f: torch.Tensor, scope: str) -> torch.Tensor:
 
 @pytest.mark.parametrize("scope", ["tensor", "sample", "channel"])
 def test_infusion_after_layer1_to_layer4_and_pooling(scope: str) -> None:
-    model = build_infusenet_variant("infusenet", {"image_size": S, "norm_scope": scope})
+    # eval mode with the same scope at test time (tensor: the ref. code's transductive test)
+    model = build_infusenet_variant("infusenet", {"image_size": S, "norm_scope": scope,
+                                                  "eval_norm_scope": scope})
     model.eval()
     seen: dict[str, torch.Tensor] = {}
 
@@ -176,16 +178,37 @@ def test_infusion_after_layer1_to_layer4_and_pooling(scope: str) -> None:
     torch.testing.assert_close(logits, model.head(expected_pool), rtol=1e-4, atol=1e-5)
 
 
-def test_tensor_scope_couples_the_batch_but_sample_scope_does_not() -> None:
+@pytest.mark.parametrize("scope", ["tensor", "sample", "channel"])
+def test_eval_prediction_does_not_change_with_its_batch(scope) -> None:
+    # whatever the training scope, a test prediction is the same in a batch of 4 and alone
     flow = torch.randn(4, 3, S, S)
     latent = torch.randn(4, 64, S // 2, S // 2)
-    for scope, coupled in (("tensor", True), ("sample", False)):
-        torch.manual_seed(1)
-        model = build_infusenet_variant("infusenet", {"image_size": S, "norm_scope": scope}).eval()
-        with torch.no_grad():
-            full = model(flow, latent)[:2]
-            alone = model(flow[:2], latent[:2])
-        assert torch.allclose(full, alone, atol=1e-5) != coupled
+    torch.manual_seed(1)
+    model = build_infusenet_variant("infusenet", {"image_size": S, "norm_scope": scope}).eval()
+    assert {m.eval_scope for m in model.infusion} == {"sample" if scope == "tensor" else scope}
+    with torch.no_grad():
+        full = model(flow, latent)
+        alone = torch.cat([model(flow[i : i + 1], latent[i : i + 1]) for i in range(4)])
+    torch.testing.assert_close(full, alone, rtol=1e-4, atol=1e-5)
+
+
+def test_tensor_scope_couples_the_batch_in_training_and_when_asked_at_eval() -> None:
+    flow = torch.randn(4, 3, S, S)
+    latent = torch.randn(4, 64, S // 2, S // 2)
+    torch.manual_seed(1)
+    model = build_infusenet_variant("infusenet", {"image_size": S, "norm_scope": "tensor",
+                                                  "eval_norm_scope": "tensor"}).eval()
+    with torch.no_grad():
+        assert not torch.allclose(model(flow, latent)[:2], model(flow[:2], latent[:2]), atol=1e-5)
+    torch.manual_seed(1)
+    model = build_infusenet_variant("infusenet", {"image_size": S, "norm_scope": "tensor"})
+    for m in model.modules():  # training-mode infusion, without BatchNorm's batch statistics
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()
+    with torch.no_grad():
+        assert not torch.allclose(model(flow, latent)[:2], model(flow[:2], latent[:2]), atol=1e-5)
+    with pytest.raises(ValueError, match="norm scope"):
+        build_infusenet_variant("infusenet", {"image_size": S, "eval_norm_scope": "batch"})
 
 
 def test_flow_stream_is_trained_through_the_infusion() -> None:

@@ -149,6 +149,7 @@ def test_magnify_stage_writes_latents_frames_and_offsets(trained, tmp_path):
     assert shapes == {
         "latent/onset_apex": ((n, 32, S // 2, S // 2), "float16"),
         "latent/onset_pseudo": ((n, 32, S // 2, S // 2), "float16"),
+        "latent/onset_pseudo_all": ((n, W, 32, S // 2, S // 2), "float16"),
         "frames/oh/alpha6/apex": ((n, S, S, 3), "uint8"),
         "frames/oh/alpha10/apex": ((n, S, S, 3), "uint8"),
         "frames/stmemm/alpha5/apex": ((n, S, S, 3), "uint8"),
@@ -171,6 +172,15 @@ def test_magnify_stage_writes_latents_frames_and_offsets(trained, tmp_path):
         expected = model.magnified_difference(onset, pseudo, 10.0)[0].numpy()
     np.testing.assert_allclose(mag.read("latent/onset_pseudo", i).astype(np.float32), expected,
                                rtol=2e-3, atol=2e-3)
+    # every offset k = 0..5 is cached (per-epoch redraws); the drawn one is latent/onset_pseudo
+    every = mag.read("latent/onset_pseudo_all", i).astype(np.float32)
+    np.testing.assert_array_equal(every[offsets[i]], mag.read("latent/onset_pseudo", i))
+    for k in range(W):
+        with torch.no_grad():
+            frame = to_model_range(fc.read(f"crop{S}/pseudo_apex", i)[k])
+            expected = model.magnified_difference(onset, frame, 10.0)[0].numpy()
+        np.testing.assert_allclose(every[k], expected, rtol=2e-3, atol=2e-3)
+    assert not np.allclose(every[0], every[W - 1])
     fc.close()
     mag.close()
 

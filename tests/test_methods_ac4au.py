@@ -30,7 +30,7 @@ from pipeline.training.run import RunPaths, run_method
 
 PROJECT = Path(__file__).resolve().parents[1]
 AU_KEYS = {"task", "protocol", "data", "f1_mean", "f1_per_au", "f1_per_database",
-           "f1_database_mean", "n_samples"}
+           "f1_database_mean", "n_samples", "auc_mean", "auc_per_au"}
 LENGTH, SIZE = 4, 32
 # Quarter-width MobileFaceNet on 32-px frames (2x2 tokens), l = 4: the paper's architecture, tiny.
 PARAMS = {

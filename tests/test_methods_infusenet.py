@@ -42,7 +42,7 @@ TINY = {"family": "infusenet", "task": "au", "protocol": "cd6me", "epochs": 1, "
         "scheduler": {"name": "exponential", "gamma": 0.9}, "save_checkpoints": False,
         "torch_threads": 1}
 AU_KEYS = {"task", "protocol", "data", "f1_mean", "f1_per_au", "f1_per_database",
-           "f1_database_mean", "n_samples"}
+           "f1_database_mean", "n_samples", "auc_mean", "auc_per_au"}
 TWO_DBS = ("casme2", "samm")  # the cheap runs: two leave-one-database-out folds
 
 
@@ -193,11 +193,13 @@ def test_latent_enters_framemag_as_64_channels_at_half_side(synth, input_size):
     """Eq. 2: Mag(onset, apex) ‖ Mag(onset, pseudo-apex) from magnified.h5, resized to S/2 by
     area averaging when the model side S is below the cache's, reaches FrameMag's stem."""
     samples, feats = synth
-    spec = build_method("infusenet", {**TINY, "input_size": input_size})
+    spec = build_method("infusenet", {**TINY, "input_size": input_size,
+                                      "pseudo_apex_draw": "fixed"})
     assert [(i.key, i.cache, i.dataset) for i in spec.inputs] == [
         ("flow", "flow", "onset_apex"),
         ("latent_apex", "magnified", LATENT_DATASETS[0]),
         ("latent_pseudo", "magnified", LATENT_DATASETS[1])]
+    assert spec.train_transform is None
     ids = cd6me_table(samples)["sample_id"].tolist()
     store = FeatureStore(spec.inputs, ids, feats)
     pos = np.flatnonzero(store.available)[:3]
@@ -223,6 +225,92 @@ def test_latent_enters_framemag_as_64_channels_at_half_side(synth, input_size):
             np.testing.assert_allclose(latent[j, 32 * k:32 * (k + 1)].numpy(), expected,
                                        rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(seen["x"], torch.relu(latent))  # ref. code: relu, no bn1
+
+
+def test_pseudo_apex_redrawn_every_epoch_from_the_cached_offsets(synth):
+    """Sec. 3.1: each training sample draws a new pseudo-apex k ∈ [0, 5] each time it is seen,
+    from latent/onset_pseudo_all; evaluation keeps the cache's fixed draw."""
+    samples, feats = synth
+    spec = build_method("infusenet", {**TINY})  # default: per_epoch
+    assert [(i.key, i.dataset) for i in spec.inputs][-1] == ("latent_pseudo_all",
+                                                             "latent/onset_pseudo_all")
+    ids = cd6me_table(samples)["sample_id"].tolist()
+    store = FeatureStore(spec.inputs, ids, feats)
+    pos = np.flatnonzero(store.available)[:8]
+    batch = {k: torch.stack([store.item(int(p))[k] for p in pos])
+             for k in ("flow", "latent_apex", "latent_pseudo", "latent_pseudo_all")}
+    assert batch["latent_pseudo_all"].shape == (8, 6, 32, SIZE // 2, SIZE // 2)
+    gen = torch.Generator().manual_seed(0)
+    draws = []
+    for _epoch in range(3):  # the trainer applies the transform to every training batch
+        out = spec.train_transform(batch, gen)
+        k = out["pseudo_offset"]
+        torch.testing.assert_close(out["latent_pseudo"],
+                                   batch["latent_pseudo_all"][torch.arange(8), k])
+        draws.append(k)
+    draws = torch.stack(draws)
+    assert ((draws >= 0) & (draws <= 5)).all()
+    assert (draws != draws[0]).any(dim=0).sum() >= 4  # most samples changed offset
+    assert len(torch.unique(draws)) >= 4
+    # reproducible from the trainer's seeded generator
+    gen = torch.Generator().manual_seed(0)
+    torch.testing.assert_close(spec.train_transform(batch, gen)["pseudo_offset"], draws[0])
+    # the fixed (test-time) draw is the cached latent at pseudo_apex_offset
+    mag = FeatureCache(feats / "magnified.h5", "magnified")
+    row = mag.index_of(ids[pos[0]])
+    fixed = int(mag.read("pseudo_apex_offset", row))
+    torch.testing.assert_close(batch["latent_pseudo"][0], batch["latent_pseudo_all"][0, fixed])
+    with pytest.raises(MethodError, match="pseudo_apex_draw"):
+        build_method("infusenet", {**TINY, "pseudo_apex_draw": "per_iteration"})
+
+
+def test_end_to_end_fine_tunes_the_magnifier(synth, tmp_path):
+    """Sec. 3.2: with end_to_end the latent is computed by the magnifier's encoder and
+    manipulator inside the network, initialised from the magnifier weights, and trained."""
+    from pipeline.magnification.train import build_magnifier, save_magnifier
+
+    samples, feats = synth
+    torch.manual_seed(0)
+    arch = {"texture_branch": True}
+    magnifier = build_magnifier("oh", arch)
+    weights = tmp_path / "oh.pt"
+    save_magnifier(weights, "oh", magnifier, arch, {})
+    params = {**TINY, "end_to_end": True, "magnifier_weights": str(weights), "crop_size": SIZE}
+    spec = build_method("infusenet", params)
+    assert {i.key for i in spec.inputs} == {"flow", "crop_onset", "crop_apex", "crop_window",
+                                            "pseudo_fixed"}
+    ids = cd6me_table(samples)["sample_id"].tolist()
+    store = FeatureStore(spec.inputs, ids, feats)
+    pos = np.flatnonzero(store.available)[:6]
+    batch = {k: torch.stack([store.item(int(p))[k] for p in pos]) for k in store.item(int(pos[0]))
+             if k not in ("target", "index")}
+    assert batch["crop_window"].shape == (6, 6, 3, SIZE, SIZE)
+    model = spec.build_model(_ctx(spec, SIZE))
+    enc = model.magnifier.encoder
+    # initialised from the weight file (texture branch dropped: the latent does not use it)
+    torch.testing.assert_close(enc.conv1.weight, magnifier.encoder.conv1.weight)
+    assert not hasattr(enc, "conv1_texture")
+    # the cached-latent path's latent = the magnifier's magnified difference, here with grads
+    onset, apex = batch["crop_onset"], batch["crop_apex"]
+    with torch.no_grad():
+        expected = magnifier.magnified_difference(onset * 2 - 1, apex * 2 - 1, 10.0)
+    torch.testing.assert_close(model.magnifier(onset, (apex,)), expected, rtol=1e-4, atol=1e-5)
+    model.train()
+    out = spec.forward(model, spec.train_transform(batch, torch.Generator().manual_seed(0)))
+    out.sum().backward()
+    for p in (enc.conv1.weight, model.magnifier.manipulator.convblks[0].conv1.weight):
+        assert p.grad is not None and p.grad.abs().sum() > 0
+    before = enc.conv1.weight.detach().clone()
+    torch.optim.Adam(model.parameters(), lr=1e-3).step()
+    assert not torch.equal(before, enc.conv1.weight)
+    # evaluation uses the fixed draw: deterministic, no pseudo_offset needed
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(spec.forward(model, batch), spec.forward(model, batch))
+    with pytest.raises(MethodError, match="magnifier_weights"):
+        build_method("infusenet", {**params, "magnifier_weights": str(tmp_path / "no.pt")})
+    with pytest.raises(MethodError, match="reads no magnified latent"):
+        build_method("vit_tiny_flow", {**params, "input_size": 32})
 
 
 def _ctx(spec, size):

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, roc_auc_score
 
 from pipeline.training.metrics import (
     au_fold_summary,
     binary_f1_per_au,
     cd6me_summary,
     emotion_metrics,
+    roc_auc_per_au,
     threshold_scores,
 )
 
@@ -116,3 +117,29 @@ def test_emotion_uses_classes_present_in_labels():
     assert m["uf1"] == pytest.approx((2 / 3 + 1.0) / 2)
     with pytest.raises(ValueError, match="no samples"):
         emotion_metrics([], [])
+
+
+def test_roc_auc_hand_computed_and_undefined():
+    # AU a: positives scored 0.9, 0.4; negatives 0.5, 0.1 -> 3 of 4 pairs ordered: 0.75.
+    # AU b: constant score -> 0.5.  AU c: no positive -> undefined (NaN / None, not in the mean).
+    y = np.array([[1, 1, 0], [1, 0, 0], [0, 1, 0], [0, 0, 0]])
+    s = np.array([[0.9, 0.5, 0.2], [0.4, 0.5, 0.3], [0.5, 0.5, 0.1], [0.1, 0.5, 0.9]])
+    auc = roc_auc_per_au(y, s)
+    np.testing.assert_allclose(auc[:2], [0.75, 0.5])
+    assert np.isnan(auc[2])
+    out = cd6me_summary(y, threshold_scores(s), ["a"] * 4, ["AU1", "AU2", "AU3"], scores=s)
+    assert out["auc_per_au"] == {"AU1": 0.75, "AU2": 0.5, "AU3": None}
+    assert out["auc_mean"] == pytest.approx(0.625)
+    with pytest.raises(ValueError, match="differ in shape"):
+        roc_auc_per_au(y, s[:, :2])
+
+
+def test_roc_auc_matches_sklearn_and_ignores_threshold():
+    rng = np.random.default_rng(5)
+    y = (rng.random((200, 4)) < 0.3).astype(int)
+    s = rng.random((200, 4)) + 0.5 * y  # informative scores, all above 0.5 for some
+    auc = roc_auc_per_au(y, s)
+    np.testing.assert_allclose(auc, [roc_auc_score(y[:, k], s[:, k]) for k in range(4)])
+    assert (auc > 0.6).all()
+    # a monotone transform of the scores changes F1 at 0.5, not the AUC
+    np.testing.assert_allclose(roc_auc_per_au(y, s / 10), auc)

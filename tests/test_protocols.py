@@ -142,7 +142,9 @@ def test_inner_split_draws_training_subjects_only():
 
 
 def test_fold_seed_depends_on_name_not_order():
-    assert fold_seed(0, "casme") == fold_seed(0, "casme")
+    # pinned values: CRC-32 of the name (no per-process hash), independent of any fold list
+    assert fold_seed(0, "casme") == 538328274
+    assert fold_seed(7, "samm") == 1928743243
     assert fold_seed(0, "casme") != fold_seed(1, "casme")
     assert fold_seed(0, "casme") != fold_seed(0, "samm")
     assert 0 <= fold_seed(123456, "x") < 2**31

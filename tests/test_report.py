@@ -64,6 +64,10 @@ def test_report_tables_figures_and_summary(metrics_dir, tmp_path):
     ours = json.loads((metrics_dir / "sssnet.json").read_text())
     row = next(line for line in md.splitlines() if line.startswith("| sssnet |"))
     assert f"{ours['f1_mean']:.3f} / 0.405" in row
+    # the AUC beside the F1 (ours only): the cell after the per-database mean
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[4] == f"{ours['auc_mean']:.3f}"
+    assert cells[6].endswith(f", {ours['auc_per_au']['AU1']:.3f}")
     assert "/ 0.875" in row
     assert "Khor et al., SCIA 2025, Table 1" in md
     emo_rows = [line for line in md.splitlines() if line.startswith("| majority_loso |")]
@@ -91,6 +95,7 @@ def test_report_tables_figures_and_summary(metrics_dir, tmp_path):
     assert written["au"]["constant_positive"]["paper_f1_mean"] is None
     assert written["emotion"]["majority_loso"]["casme2-3"]["paper_uf1"] == pytest.approx(0.9122)
     assert summary["au"]["sssnet"]["f1_mean"] == pytest.approx(ours["f1_mean"])
+    assert written["au"]["sssnet"]["auc_mean"] == pytest.approx(ours["auc_mean"])
 
 
 def test_real_data_is_not_labelled_stand_in(tmp_path):
@@ -102,6 +107,9 @@ def test_real_data_is_not_labelled_stand_in(tmp_path):
     write_report(metrics, ["a"], {"a": None}, tmp_path / "r", tmp_path / "s.json")
     md = (tmp_path / "r" / "report.md").read_text()
     assert "STAND-IN" not in md and "real data" in md
+    # a metrics file without the AUC fields (written before them) shows "–"
+    row = next(line for line in md.splitlines() if line.startswith("| a |"))
+    assert [c.strip() for c in row.strip("|").split("|")][4] == "–"
 
 
 def test_missing_or_malformed_metrics_named(tmp_path):

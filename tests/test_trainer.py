@@ -13,13 +13,13 @@ import training_synth
 import yaml
 
 from pipeline.training.data import FeatureStore, InputSpec, preprocess_flow, read_samples
-from pipeline.training.protocols import CD6ME_AUS, EMOTION_TASKS
+from pipeline.training.protocols import CD6ME_AUS, EMOTION_TASKS, fold_seed
 from pipeline.training.registry import MethodError, build_method, class_weights_inverse
 from pipeline.training.run import RunPaths, run_method
 from pipeline.training.trainer import TrainSettings, flow_hflip, make_scheduler, resolve_device
 
 AU_KEYS = {"task", "protocol", "data", "f1_mean", "f1_per_au", "f1_per_database",
-           "f1_database_mean", "n_samples"}
+           "f1_database_mean", "n_samples", "auc_mean", "auc_per_au"}
 SIZE = 24
 TINY = {"epochs": 2, "batch_size": 16, "device": "cpu", "input_size": SIZE,
         "optimizer": {"name": "adam", "lr": 0.003}, "save_checkpoints": False}
@@ -54,6 +54,10 @@ def test_constant_all_positive_outputs_and_values(synth, tmp_path):
         ["casme", "casme2", "samm", "fourd", "mmew", "casme3a"])
     fold = json.loads((paths.folds / "samm.json").read_text())
     assert AU_KEYS <= set(fold) and fold["held_out"] == "samm"
+    assert fold["seed"] == fold_seed(0, "samm")  # by the fold's name, not its position
+    # a constant score ranks nothing: AUC 0.5 for every AU with both classes present
+    assert res["auc_mean"] == pytest.approx(0.5)
+    assert all(v is None or v == pytest.approx(0.5) for v in res["auc_per_au"].values())
     assert set(fold["f1_per_database"]) == {"samm"}
     pred = pd.read_csv(paths.metrics / "predictions.csv")
     assert len(pred) == len(cd) and pred["sample_id"].is_unique
@@ -71,11 +75,28 @@ def test_constant_emotion_majority_and_prevalence(synth, tmp_path):
             "composite-3/smic", "composite-3/casme2", "composite-3/samm"} == set(res["results"])
     for r in res["results"].values():
         assert set(r) == {"accuracy", "uf1", "uar", "n_samples"}
-        assert 0.0 <= r["uf1"] <= r["accuracy"] + 1e-9 or r["uf1"] <= 1.0
     pred = pd.read_csv(paths.metrics / "predictions.csv", keep_default_na=False)
     assert list(pred.columns[:6]) == ["task", "sample_id", "database", "fold", "true", "pred"]
-    # a majority predictor has one prediction per fold
-    assert (pred.groupby(["task", "fold"])["pred"].nunique() == 1).all()
+    for key, rows in pred.groupby("task"):
+        classes = list(EMOTION_TASKS[key].classes)
+        for fold, test in rows.groupby("fold"):
+            # the fold's prediction is the most frequent class of the other folds' labels
+            # (ties: the first in class order)
+            train = rows.loc[rows["fold"] != fold, "true"].tolist()
+            expected = max(classes, key=lambda c: (train.count(c), -classes.index(c)))
+            assert (test["pred"] == expected).all(), (key, fold)
+        y = rows["true"].map(classes.index).to_numpy()
+        yhat = rows["pred"].map(classes.index).to_numpy()
+        recall = [float((yhat[y == c] == c).mean()) for c in np.unique(y)]
+        f1 = [2 * ((y == c) & (yhat == c)).sum() / ((y == c).sum() + (yhat == c).sum())
+              for c in np.unique(y)]
+        r = res["results"][key]
+        assert r["n_samples"] == len(rows)
+        assert r["accuracy"] == pytest.approx(float((y == yhat).mean()))
+        assert r["uar"] == pytest.approx(np.mean(recall))
+        assert r["uf1"] == pytest.approx(np.mean(f1))
+        # a constant prediction recalls one class at most: UAR <= 1 / (classes present)
+        assert r["uar"] <= 1.0 / len(np.unique(y)) + 1e-9
     prev, _ = _run("prev", {"family": "constant", "rule": "prevalence", "task": "emotion",
                             "protocol": "loso", "tasks": ["smic-3"]}, synth, tmp_path)
     assert set(prev["results"]) == {"smic-3"}
@@ -202,3 +223,25 @@ def test_train_stage_cli(synth, tmp_path, monkeypatch):
     Path("params.yaml").write_text(yaml.safe_dump(params))
     assert train_stage.main(args) == 0
     assert json.loads(Path("models/cp/casme.json").read_text())["rule"] == "all_positive"
+
+
+def test_family_modules_register_their_families_and_load_lazily():
+    import importlib
+    import subprocess
+    import sys
+
+    from pipeline.training import registry
+
+    for family, module in registry.FAMILY_MODULES.items():
+        importlib.import_module(module)
+        assert registry._FAMILIES[family].__module__ == module, family
+    assert set(registry.FAMILY_MODULES) <= set(registry.registered_families())
+    # a ResNet stage imports neither timm (ViT) nor the AC4AU / InfuseNet modules
+    code = ("import sys; from pipeline.training.registry import build_method; "
+            "build_method('r', {'family': 'resnet_flow', 'task': 'au', 'protocol': 'cd6me', "
+            "'input_size': 32}); "
+            "print(sorted(m for m in ('timm', 'pipeline.training.methods_ac4au', "
+            "'pipeline.training.methods_infusenet') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "[]"

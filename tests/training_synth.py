@@ -173,10 +173,14 @@ def add_infusenet_caches(feats: Path, seed: int = 0, drop_from_magnified: int = 
     * ``latent/onset_apex`` ``(N, 32, S/2, S/2) float16``: a fixed random linear map of the
       sample's (u, v) flow (2×2 area average) plus "magnification artefacts" (smooth noise of
       amplitude ``artefact``); ``latent/onset_pseudo``: 0.8 × that plus its own noise;
+      ``latent/onset_pseudo_all`` ``(N, 6, 32, S/2, S/2)``: one such latent per offset k = 0…5,
+      (0.8 − 0.05 k) × that plus noise, with ``latent/onset_pseudo`` at the drawn offset;
     * ``frames/oh/alpha{a}/apex`` ``(N, S, S, 3) uint8``: a grey face-like ramp shaded by the
       flow magnitude ×α/10, for each α of ``image_alphas``;
     * ``pseudo_apex_offset`` ``(N,) int16`` from :func:`draw_pseudo_apex_offsets` (seed ``seed``);
-    * ``faces.h5`` ``crop{S}/apex`` ``(N, S, S, 3) uint8`` (the Grad-CAM backgrounds).
+    * ``faces.h5`` ``crop{S}/apex`` ``(N, S, S, 3) uint8`` (the Grad-CAM backgrounds), ``crop{S}/
+      onset`` (the plain ramp) and ``crop{S}/pseudo_apex`` ``(N, 6, S, S, 3)`` (the end-to-end
+      option's inputs).
 
     ``drop_from_magnified`` leaves that many of flow.h5's samples out of ``magnified.h5`` (a
     sample that failed in the magnify stage), and so does each id of ``drop_ids``.  Returns the
@@ -186,6 +190,7 @@ def add_infusenet_caches(feats: Path, seed: int = 0, drop_from_magnified: int = 
     from pipeline.models.infusenet import draw_pseudo_apex_offsets
 
     rng = np.random.default_rng(seed + 1000)
+    other = np.random.default_rng(seed + 2000)
     flow = FeatureCache(Path(feats) / "flow.h5", "flow")
     ids = list(flow.sample_ids)
     size = int(flow.datasets["onset_apex"][0][1])
@@ -209,9 +214,15 @@ def add_infusenet_caches(feats: Path, seed: int = 0, drop_from_magnified: int = 
             noise = noise.repeat(4, axis=1).repeat(4, axis=2)[:, :half, :half]
             apex = (lat + noise).astype(np.float16)
             pseudo = (0.8 * lat + rng.normal(0, artefact, lat.shape)).astype(np.float16)
+            # every offset k = 0..5 (the drawn one is latent/onset_pseudo); own generator, so
+            # the other arrays keep their values
+            every = np.stack([(0.8 - 0.05 * k) * lat + other.normal(0, artefact, lat.shape)
+                              for k in range(6)]).astype(np.float16)
+            every[offsets[sid]] = pseudo
             magnitude = np.sqrt((f[..., :2] ** 2).sum(-1))
             arrays: dict[str, np.ndarray] = {
                 "latent/onset_apex": apex, "latent/onset_pseudo": pseudo,
+                "latent/onset_pseudo_all": every,
                 "pseudo_apex_offset": np.int16(offsets[sid])}
             for a in image_alphas:
                 grey = np.clip(face + 40 * magnitude * float(a) / 10, 0, 255).astype(np.uint8)
@@ -219,7 +230,13 @@ def add_infusenet_caches(feats: Path, seed: int = 0, drop_from_magnified: int = 
                 arrays[f"frames/oh/{tag}/apex"] = np.repeat(grey[..., None], 3, axis=2)
             if sid not in dropped:
                 mw.append(sid, arrays)
-            fw.append(sid, {f"crop{size}/apex": np.repeat(
-                np.clip(face + 20 * magnitude, 0, 255).astype(np.uint8)[..., None], 3, axis=2)})
+            apex_img = np.repeat(
+                np.clip(face + 20 * magnitude, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+            onset_img = np.repeat(np.clip(face, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+            window = np.stack([np.repeat(np.clip(face + (20 - 2 * k) * magnitude, 0, 255)
+                                         .astype(np.uint8)[..., None], 3, axis=2)
+                               for k in range(6)])
+            fw.append(sid, {f"crop{size}/apex": apex_img, f"crop{size}/onset": onset_img,
+                            f"crop{size}/pseudo_apex": window})
     flow.close()
     return mag_path, faces_path

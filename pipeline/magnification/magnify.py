@@ -15,6 +15,12 @@ Reads the aligned crops of ``data/features/faces.h5`` at the flow size S (``crop
 * ``frames/stmemm/alpha{a}/apex`` (N, S, S, 3) uint8 — ST-MEMM's magnified apex for each a in
   ``frames.stmemm`` (GAM-MM-MER: α = 5 and the augmentation factors 8, 10, 12, 15; Wu et al. 2024,
   Sec. 3.3, Table 4).
+* ``latent/onset_pseudo_all`` (N, K + 1, 32, S/2, S/2) float16 — the same latent for every
+  pseudo-apex offset k = 0 … K (K = ``pseudo_apex.max_offset``, clipped to faces.h5's window),
+  so that InfuseNet can redraw the pseudo-apex during training (Sec. 3.1; the paper redraws it
+  every iteration) from the cache; ``latent/onset_pseudo`` is its entry at the sample's drawn
+  offset.  Written when ``pseudo_apex.all_offsets`` is true (default; ~1.2 MB per sample at
+  112-px crops).
 * ``pseudo_apex_offset`` (N,) int16 — the pseudo-apex offset k (frames after the annotated apex,
   an index into faces.h5's pseudo-apex window), drawn per sample in [0, ``max_offset``] by
   :func:`pipeline.models.infusenet.draw_pseudo_apex_offsets` (InfuseNet Sec. 3.1);
@@ -75,21 +81,40 @@ def _check_inputs(faces: FeatureCache, size: int) -> tuple[str, str, str]:
     return names
 
 
+def _latent(model: OhMagNet, m_a: torch.Tensor, m_b: torch.Tensor, alpha: float, pick: int,
+            name: str) -> np.ndarray:
+    lat = model.manipulator(m_a, m_b, alpha)[pick].float()
+    if not torch.isfinite(lat).all() or lat.abs().max() > 6.0e4:
+        raise FloatingPointError(f"latent/{name} exceeds the float16 range "
+                                 f"(max |x| = {lat.abs().max().item():.3g})")
+    return lat.half().cpu().numpy()
+
+
 @torch.no_grad()
 def _oh_outputs(model: OhMagNet, onset: torch.Tensor, apex: torch.Tensor, pseudo: torch.Tensor,
-                latent_alpha: float, latent_kind: str,
-                alphas: Sequence[float]) -> dict[str, np.ndarray]:
+                latent_alpha: float, latent_kind: str, alphas: Sequence[float],
+                window: torch.Tensor | None = None,
+                offsets: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Latents and decoded frames of one batch; with ``window`` (B, K+1, 3, S, S) in model range
+    also ``latent/onset_pseudo_all`` (B, K+1, 32, S/2, S/2), whose entry at ``offsets`` is
+    ``latent/onset_pseudo`` (computed once, not twice)."""
     _, m_on = model.encode(onset)
     tex_ap, m_ap = model.encode(apex)
-    _, m_ps = model.encode(pseudo)
     out: dict[str, np.ndarray] = {}
     pick = 0 if latent_kind == "difference" else 1
-    for name, m_b in (("onset_apex", m_ap), ("onset_pseudo", m_ps)):
-        lat = model.manipulator(m_on, m_b, latent_alpha)[pick].float()
-        if not torch.isfinite(lat).all() or lat.abs().max() > 6.0e4:
-            raise FloatingPointError(f"latent/{name} exceeds the float16 range "
-                                     f"(max |x| = {lat.abs().max().item():.3g})")
-        out[f"latent/{name}"] = lat.half().cpu().numpy()
+    out["latent/onset_apex"] = _latent(model, m_on, m_ap, latent_alpha, pick, "onset_apex")
+    if window is None:
+        _, m_ps = model.encode(pseudo)
+        out["latent/onset_pseudo"] = _latent(model, m_on, m_ps, latent_alpha, pick,
+                                             "onset_pseudo")
+    else:
+        b, n_k = window.shape[:2]
+        _, m_w = model.encode(window.reshape(b * n_k, *window.shape[2:]))
+        m_on_k = m_on.repeat_interleave(n_k, dim=0)
+        lat = _latent(model, m_on_k, m_w, latent_alpha, pick, "onset_pseudo_all")
+        lat = lat.reshape(b, n_k, *lat.shape[1:])
+        out["latent/onset_pseudo_all"] = lat
+        out["latent/onset_pseudo"] = np.ascontiguousarray(lat[np.arange(b), offsets])
     for a in alphas:
         shape_mag = model.manipulator(m_on, m_ap, float(a))[1]
         out[f"frames/oh/alpha{_fmt(a)}/apex"] = from_model_range(model.decoder(tex_ap, shape_mag))
@@ -129,7 +154,8 @@ def magnify_faces(faces_path: str | os.PathLike, out_path: str | os.PathLike,
         Crop side S (``flow.size``), pixels.
     cfg : mapping
         The ``magnify`` section: ``latent_alpha``, ``latent_kind``, ``frames`` (``{"oh": [...],
-        "stmemm": [...]}``), ``pseudo_apex`` (``seed``, ``max_offset``), ``batch_size``.
+        "stmemm": [...]}``), ``pseudo_apex`` (``seed``, ``max_offset``, ``all_offsets``),
+        ``batch_size``.
     device : torch.device
     params : mapping
         Stored in the file (readers compare them).
@@ -165,6 +191,8 @@ def magnify_faces(faces_path: str | os.PathLike, out_path: str | os.PathLike,
                     "clipping %d offsets to %d", max_offset, window,
                     int(np.sum(offsets > window - 1)), window - 1)
         offsets = np.minimum(offsets, window - 1).astype(np.int16)
+    all_offsets = bool(pa.get("all_offsets", True))
+    n_k = min(max_offset, window - 1) + 1
     has_numbers = "frame_numbers/pseudo_apex" in faces.datasets
     frames_cfg = cfg.get("frames", {})
     oh_alphas = [float(a) for a in frames_cfg.get("oh", [])]
@@ -183,8 +211,13 @@ def magnify_faces(faces_path: str | os.PathLike, out_path: str | os.PathLike,
             k = offsets[rows]
             pseudo = window_frames[np.arange(len(rows)), k]
             t_on, t_ap, t_ps = (to_model_range(x, device) for x in (onset, apex, pseudo))
+            t_win = None
+            if all_offsets:
+                frames_k = window_frames[:, :n_k]
+                t_win = to_model_range(frames_k.reshape(-1, *frames_k.shape[2:]), device)
+                t_win = t_win.reshape(len(rows), n_k, *t_win.shape[1:])
             out = _oh_outputs(magnifiers["oh"], t_on, t_ap, t_ps, latent_alpha, latent_kind,
-                              oh_alphas)
+                              oh_alphas, t_win, k)
             if st_alphas:
                 out.update(_stmemm_outputs(magnifiers["stmemm"], t_on, t_ap, st_alphas))
             if has_numbers:

@@ -365,6 +365,18 @@ class AC4AUCriterion(nn.Module):
         Add the subject loss (off when the network runs without FRD).
     arcface_scale, arcface_margin : float
         s and m of Eq. 7 (paper: 32, 0.5).
+    gamma_warmup_epochs : int
+        Ours, not the paper's: γ is ramped linearly from 0, γ_e = γ · min(1, (e − 1) / W) in
+        epoch e (1-based) with W = ``gamma_warmup_epochs`` (:meth:`set_epoch`, called by the
+        trainer); 0 (default): the paper's constant γ.  Why: at initialisation the backbone's
+        gradient from γ·L_DC (additive-angular-margin loss with s = 32 over the training subjects)
+        is ~70x that from L_AU (focal loss at ŷ ≈ 0.5), so from scratch the subject loss shapes
+        the features before the AU head has anything to learn from.
+
+    Attributes
+    ----------
+    gamma_now : float
+        The γ used by :meth:`forward` now (= ``gamma`` without warm-up or after it).
     """
 
     def __init__(
@@ -378,12 +390,17 @@ class AC4AUCriterion(nn.Module):
         use_dc: bool = True,
         arcface_scale: float = 32.0,
         arcface_margin: float = 0.5,
+        gamma_warmup_epochs: int = 0,
     ) -> None:
         super().__init__()
         if loss not in ("focal", "bce"):
             raise ValueError(f"loss must be 'focal' or 'bce', got {loss!r}")
+        if gamma_warmup_epochs < 0:
+            raise ValueError(f"gamma_warmup_epochs must be >= 0, got {gamma_warmup_epochs}")
         self.register_buffer("alpha", torch.as_tensor(np.asarray(alpha), dtype=torch.float32))
         self.gamma = gamma
+        self.gamma_warmup_epochs = int(gamma_warmup_epochs)
+        self.gamma_now = gamma if not gamma_warmup_epochs else 0.0
         self.loss = loss
         self.focal_gamma = focal_gamma
         self.subject_loss: AdditiveAngularMarginLoss | None = None
@@ -393,6 +410,18 @@ class AC4AUCriterion(nn.Module):
             self.subject_loss = AdditiveAngularMarginLoss(
                 n_subjects, feature_dim, arcface_scale, arcface_margin
             )
+
+    def set_epoch(self, epoch: int) -> float:
+        """Set γ for training epoch ``epoch`` (1-based): γ · min(1, (epoch − 1) / W).
+
+        Returns
+        -------
+        float
+            The γ now in use.
+        """
+        w = self.gamma_warmup_epochs
+        self.gamma_now = self.gamma if w == 0 else self.gamma * min(1.0, (epoch - 1) / w)
+        return self.gamma_now
 
     def forward(
         self, output: AC4AUOutput, au_targets: Tensor, subjects: Tensor | None = None
@@ -431,7 +460,7 @@ class AC4AUCriterion(nn.Module):
             if subjects is None:
                 raise ValueError("the subject loss needs the batch's training-subject indices")
             l_dc = self.subject_loss(output.dc, subjects)
-        return AC4AULossTerms(self.gamma * l_dc + l_au, l_au, l_dc)
+        return AC4AULossTerms(self.gamma_now * l_dc + l_au, l_au, l_dc)
 
 
 def build_ac4au_criterion(
@@ -442,7 +471,7 @@ def build_ac4au_criterion(
 ) -> AC4AUCriterion:
     """Build the criterion from the AC4AU parameter dict (see ``pipeline.models.ac4au``).
 
-    Reads ``loss``, ``focal_gamma``, ``gamma``, ``arcface_scale``, ``arcface_margin``,
+    Reads ``loss``, ``focal_gamma``, ``gamma``, ``gamma_warmup_epochs``, ``arcface_scale``, ``arcface_margin``,
     ``embedding_dim`` and ``use_frd`` (the subject loss is on exactly when FRD is).
 
     Parameters
@@ -471,4 +500,5 @@ def build_ac4au_criterion(
         use_dc=bool(full["use_frd"]),
         arcface_scale=full["arcface_scale"],
         arcface_margin=full["arcface_margin"],
+        gamma_warmup_epochs=int(full["gamma_warmup_epochs"]),
     )

@@ -28,6 +28,12 @@ What is ours, not the paper's:
 
 * the normalisation scope is a parameter (:func:`minmax_normalise`): ``"tensor"`` (one min and
   max over the whole batch tensor, as the ref. code; default), ``"sample"`` or ``"channel"``;
+* the scope at evaluation (``eval_norm_scope``) is separate and by default never ``"tensor"``:
+  with the ref. code's batch scope at test time each prediction depends on the other test
+  samples of its batch (transductive: on the quick stand-in 13 % of the AU decisions flipped
+  between batch 64 and batch 1).  Default (``eval_norm_scope: null``): the training scope, except
+  that ``"tensor"`` becomes ``"sample"``; ``eval_norm_scope: tensor`` restores the ref. code's
+  transductive test (a warning says so);
 * where a scope is constant (max − min ≤ ``eps``) the mask is 0 there, instead of the ref.
   code's 0/0 = NaN.  This is the value every element equal to its scope's minimum gets anyway
   ("no flow activity → filtered off", Sec. 3.3); no NaN reaches values or gradients;
@@ -72,6 +78,8 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "CD6ME_AUS",
+    "EndToEndInfuseNet",
+    "MagnifierLatent",
     "NORM_SCOPES",
     "PAPER_F1",
     "PUBLISHED_KEYS",
@@ -84,6 +92,7 @@ __all__ = [
     "build_infusenet_variant",
     "draw_pseudo_apex_offsets",
     "minmax_normalise",
+    "resolve_eval_scope",
 ]
 
 #: The 12 CD6ME action units, in the order of the logits (Varanka et al. 2023; InfuseNet Table 1).
@@ -228,23 +237,44 @@ def minmax_normalise(
     return mask.to(x.dtype)
 
 
+def resolve_eval_scope(scope: str, eval_scope: str | None) -> str:
+    """The normalisation scope at evaluation: ``eval_scope``, or by default (None) the training
+    ``scope`` with ``"tensor"`` replaced by ``"sample"`` (a test prediction must not depend on the
+    other samples of its batch).
+
+    Raises
+    ------
+    ValueError
+        On an unknown scope.
+    """
+    for s in (scope, eval_scope):
+        if s is not None and s not in NORM_SCOPES:
+            raise ValueError(f"norm scope must be one of {NORM_SCOPES}, got {s!r}")
+    if eval_scope is None:
+        return "sample" if scope == "tensor" else scope
+    return eval_scope
+
+
 class FlowInfusion(nn.Module):
     """One infusion point: F_infusion = F_mag ⊙ Norm(F_flow) (InfuseNet Eq. 6–7).
 
     Parameters
     ----------
     scope : {"tensor", "sample", "channel"}
-        Normalisation scope, see :func:`minmax_normalise`.
+        Normalisation scope in training mode, see :func:`minmax_normalise`.
     channel_dim : int
         Channel axis of the features (1 for CNN maps, −1 for ViT tokens).
     eps : float
         Constant-scope threshold of :func:`minmax_normalise`.
+    eval_scope : {"tensor", "sample", "channel"}, optional
+        Scope in eval mode (:func:`resolve_eval_scope`; default: ``scope``, ``"tensor"`` →
+        ``"sample"``).  ``"tensor"`` makes test predictions depend on their batch.
     """
 
-    def __init__(self, scope: str = "tensor", channel_dim: int = 1, eps: float = 1e-6) -> None:
+    def __init__(self, scope: str = "tensor", channel_dim: int = 1, eps: float = 1e-6,
+                 eval_scope: str | None = None) -> None:
         super().__init__()
-        if scope not in NORM_SCOPES:
-            raise ValueError(f"norm scope must be one of {NORM_SCOPES}, got {scope!r}")
+        self.eval_scope = resolve_eval_scope(scope, eval_scope)
         self.scope = scope
         self.channel_dim = channel_dim
         self.eps = eps
@@ -272,12 +302,12 @@ class FlowInfusion(nn.Module):
                 f"infusion needs FrameMag and FrameFlow features of the same shape, got "
                 f"{tuple(f_mag.shape)} and {tuple(f_flow.shape)}"
             )
-        return f_mag * minmax_normalise(
-            f_flow, self.scope, channel_dim=self.channel_dim, eps=self.eps
-        )
+        scope = self.scope if self.training else self.eval_scope
+        return f_mag * minmax_normalise(f_flow, scope, channel_dim=self.channel_dim, eps=self.eps)
 
     def extra_repr(self) -> str:
-        return f"scope={self.scope!r}, channel_dim={self.channel_dim}, eps={self.eps}"
+        return (f"scope={self.scope!r}, eval_scope={self.eval_scope!r}, "
+                f"channel_dim={self.channel_dim}, eps={self.eps}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -300,7 +330,10 @@ class InfuseNetConfig:
         False (random init; quick default, offline), True (ImageNet through torchvision / timm;
         the paper's setting, Sec. 4.2) or the path of a local ImageNet state_dict file.
     norm_scope : {"tensor", "sample", "channel"}
-        Infusion normalisation scope (ref. code: "tensor").
+        Infusion normalisation scope in training (ref. code: "tensor").
+    eval_norm_scope : {"tensor", "sample", "channel"} or None
+        Scope at evaluation; None: ``norm_scope`` with ``"tensor"`` → ``"sample"``
+        (:func:`resolve_eval_scope`); ``"tensor"`` is transductive (the ref. code's test).
     norm_eps : float
         Constant-scope threshold of the normalisation.
     latent_channels : int
@@ -321,6 +354,7 @@ class InfuseNetConfig:
     num_classes: int = len(CD6ME_AUS)
     pretrained: bool | str = False
     norm_scope: str = "tensor"
+    eval_norm_scope: str | None = None
     norm_eps: float = 1e-6
     latent_channels: int = 64
     latent_bn: bool = False
@@ -648,8 +682,13 @@ class InfuseNet(_TwoStreamBase):
         stages = _stage_slices(self.frame_flow, cfg)
         n_points = sum(infuse for _, infuse in stages) + 1
         self.infusion = nn.ModuleList(
-            FlowInfusion(cfg.norm_scope, channel_dim, cfg.norm_eps) for _ in range(n_points)
+            FlowInfusion(cfg.norm_scope, channel_dim, cfg.norm_eps, cfg.eval_norm_scope)
+            for _ in range(n_points)
         )
+        if self.infusion[0].eval_scope == "tensor":
+            log.warning("InfuseNet: eval_norm_scope 'tensor' normalises each test batch as a "
+                        "whole: a test prediction depends on the other samples of its batch "
+                        "(transductive; the ref. code's test)")
         if self.vit:
             points = [f"blocks.{b}" for b in sorted(set(cfg.vit_infusion_blocks))]
         else:
@@ -730,6 +769,113 @@ class InfuseNet(_TwoStreamBase):
         """
         p_mag, p_flow = self.features(flow, mag)
         return self.head(p_mag), self.head(p_flow)
+
+
+# --------------------------------------------------------------------------------------------
+# End to end: the magnifier's encoder and manipulator inside InfuseNet (Sec. 3.2)
+# --------------------------------------------------------------------------------------------
+
+
+class MagnifierLatent(nn.Module):
+    """Mag(a, b) = Δ̂ = h((α − 1)·g(M_b − M_a)) of the Oh et al. magnifier, with gradients
+    (InfuseNet Sec. 3.2, Eq. 1–2: "the encoder and manipulator ... are fine-tuned").
+
+    Holds the magnifier's encoder (shape branch; a texture branch, unused by the latent, is
+    dropped) and manipulator; the decoder is not needed.
+
+    Parameters
+    ----------
+    magnifier : OhMagNet
+        Trained weights (``models/magnifier/oh.pt``); its encoder and manipulator are taken over
+        (not copied).
+    alpha : float
+        Magnification factor α (paper 10).
+    kind : {"difference", "manipulated"}
+        Δ̂ (ref. code; as ``magnify.latent_kind: difference``) or M_b + Δ̂.
+    """
+
+    def __init__(self, magnifier: nn.Module, alpha: float = 10.0, kind: str = "difference") -> None:
+        super().__init__()
+        if kind not in ("difference", "manipulated"):
+            raise ValueError(f"latent kind must be 'difference' or 'manipulated', got {kind!r}")
+        encoder = magnifier.encoder
+        if getattr(encoder, "texture_branch", False):
+            encoder.texture_branch = False
+            del encoder.conv1_texture, encoder.resblks_texture
+        self.encoder = encoder
+        self.manipulator = magnifier.manipulator
+        self.alpha = float(alpha)
+        self.pick = 0 if kind == "difference" else 1
+
+    def forward(self, frame_a: torch.Tensor, frames_b: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Latents of (a, b) for each b, concatenated channel-wise.
+
+        Parameters
+        ----------
+        frame_a : Tensor of shape (B, 3, S, S), float in [0, 1]
+            E.g. the onset crop (RGB).
+        frames_b : sequence of Tensor of shape (B, 3, S, S), float in [0, 1]
+            E.g. the apex and pseudo-apex crops.
+
+        Returns
+        -------
+        Tensor of shape (B, 32 · len(frames_b), S/2, S/2)
+            Mag(a, b_1) ‖ Mag(a, b_2) ‖ … (Eq. 2).
+        """
+        n = len(frames_b)
+        x = torch.cat([frame_a, *frames_b]) * 2.0 - 1.0  # [0, 1] → the magnifier's [−1, 1]
+        _, shape = self.encoder(x)
+        m = shape.chunk(n + 1)
+        lat = [self.manipulator(m[0], m_b, self.alpha)[self.pick] for m_b in m[1:]]
+        return torch.cat(lat, dim=1)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, kind={('difference', 'manipulated')[self.pick]!r}"
+
+
+class EndToEndInfuseNet(nn.Module):
+    """An InfuseNet-table network whose latent input is computed by a fine-tuned magnifier.
+
+    Parameters
+    ----------
+    net : nn.Module
+        A :func:`build_infusenet_variant` network with a ``latent`` input.
+    magnifier : MagnifierLatent
+
+    Attributes
+    ----------
+    input_names : tuple of str
+        ``net``'s, with ``latent`` kept as the name of the slot the magnifier fills.
+    """
+
+    def __init__(self, net: nn.Module, magnifier: MagnifierLatent) -> None:
+        super().__init__()
+        if "latent" not in getattr(net, "input_names", ()):
+            raise ValueError(f"{type(net).__name__} takes no magnified latent; the end-to-end "
+                             "option applies to the latent variants")
+        self.net = net
+        self.magnifier = magnifier
+        self.input_names = net.input_names
+        self.image_size = getattr(net, "image_size", None)
+
+    def forward(self, inputs: Mapping[str, torch.Tensor], onset: torch.Tensor,
+                apex: torch.Tensor, pseudo: torch.Tensor) -> torch.Tensor:
+        """Logits from the network's other inputs and the crops the latent is computed from.
+
+        Parameters
+        ----------
+        inputs : mapping of str to Tensor
+            The network's non-latent inputs by name (e.g. ``flow`` (B, 3, S, S)).
+        onset, apex, pseudo : Tensor of shape (B, 3, S, S), float in [0, 1]
+            Crops at the model side S (the latent is S/2).
+
+        Returns
+        -------
+        Tensor of shape (B, num_classes)
+        """
+        latent = self.magnifier(onset, (apex, pseudo))
+        args = [latent if k == "latent" else inputs[k] for k in self.input_names]
+        return self.net(*args)
 
 
 # --------------------------------------------------------------------------------------------

@@ -80,15 +80,20 @@ def _fmt(v: Any) -> str:
     return f"{float(v):.3f}"
 
 
+def _num(v: Any) -> float:
+    return float("nan") if v is None else float(v)
+
+
 def au_table(metrics: Mapping[str, dict], published: Mapping[str, Published | None]) -> pd.DataFrame:
     """One row per CD6ME method: ours and the paper's F1 (fractions; NaN where not published).
 
     Returns
     -------
     DataFrame
-        Columns ``method, data, f1_mean, paper_f1_mean, f1_database_mean, n_samples, source``,
-        ``f1_mean_sd``, ``f1_database_mean_sd`` (NaN for one seed), ``n_seeds`` and, per AU,
-        ``<AU>`` and ``paper_<AU>``.
+        Columns ``method, data, f1_mean, paper_f1_mean, f1_database_mean, auc_mean, n_samples,
+        source``, ``f1_mean_sd``, ``f1_database_mean_sd``, ``auc_mean_sd`` (NaN for one seed),
+        ``n_seeds`` and, per AU, ``<AU>``, ``paper_<AU>`` and ``auc_<AU>`` (ROC AUC of the pooled
+        scores, ours only — the papers publish F1; NaN in metrics files written before it).
     """
     rows = []
     for m, d in metrics.items():
@@ -97,12 +102,15 @@ def au_table(metrics: Mapping[str, dict], published: Mapping[str, Published | No
         pub = published.get(m)
         row = {"method": m, "data": d["data"], "f1_mean": d["f1_mean"],
                "paper_f1_mean": pub.f1_mean if pub and pub.f1_mean is not None else np.nan,
-               "f1_database_mean": d["f1_database_mean"], "n_samples": d.get("n_samples"),
+               "f1_database_mean": d["f1_database_mean"],
+               "auc_mean": _num(d.get("auc_mean")), "n_samples": d.get("n_samples"),
                "source": pub.source if pub else ""}
-        row.update(_seed_spread(d, ("f1_mean", "f1_database_mean")))
+        row.update(_seed_spread(d, ("f1_mean", "f1_database_mean", "auc_mean")))
+        auc = d.get("auc_per_au") or {}
         for au in CD6ME_AUS:
             row[au] = d["f1_per_au"].get(au, np.nan)
             row[f"paper_{au}"] = pub.f1_per_au.get(au, np.nan) if pub else np.nan
+            row[f"auc_{au}"] = _num(auc.get(au))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -213,8 +221,8 @@ def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str
 
 
 def _au_cells(au: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    header = ["method", "data", "F1 mean (ours / paper)", "per-database mean", "n",
-              *[f"{a}" for a in CD6ME_AUS]]
+    header = ["method", "data", "F1 mean (ours / paper)", "per-database mean",
+              "AUC mean (ours)", "n", *[f"{a} F1 (ours / paper), AUC" for a in CD6ME_AUS]]
     rows = []
     near = _within_spread(au["f1_mean"], au.get("f1_mean_sd", pd.Series(dtype=float)))
     for i, r in au.iterrows():
@@ -222,8 +230,9 @@ def _au_cells(au: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
                      f"{_with_sd(r['f1_mean'], r.get('f1_mean_sd'), near[i])} / "
                      f"{_fmt(r['paper_f1_mean'])}",
                      _with_sd(r["f1_database_mean"], r.get("f1_database_mean_sd")),
-                     str(r["n_samples"]),
-                     *[f"{_fmt(r[a])} / {_fmt(r[f'paper_{a}'])}" for a in CD6ME_AUS]])
+                     _with_sd(r["auc_mean"], r.get("auc_mean_sd")), str(r["n_samples"]),
+                     *[f"{_fmt(r[a])} / {_fmt(r[f'paper_{a}'])}, {_fmt(r[f'auc_{a}'])}"
+                       for a in CD6ME_AUS]])
     return header, rows
 
 
@@ -420,8 +429,10 @@ def write_report(metrics_dir: str | os.PathLike, methods: Sequence[str],
     for _, r in au.iterrows():
         summary["au"][r["method"]] = {"f1_mean": r["f1_mean"],
                                       "f1_database_mean": r["f1_database_mean"],
+                                      "auc_mean": r["auc_mean"],
                                       "paper_f1_mean": r["paper_f1_mean"]}
-        summary["au"][r["method"]].update({k: r[k] for k in ("f1_mean_sd", "f1_database_mean_sd")
+        summary["au"][r["method"]].update({k: r[k] for k in ("f1_mean_sd", "f1_database_mean_sd",
+                                                             "auc_mean_sd")
                                            if np.isfinite(r[k])})
     for _, r in emo.iterrows():
         entry = {k: r[k] for k in EMOTION_KEYS}

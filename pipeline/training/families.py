@@ -63,6 +63,15 @@ FAMILY_KEYS["infusenet"] = {
     "variant": Str(what="an InfuseNet variant (default: the section name)"),
     "pretrained": PRETRAINED,
     "norm_scope": Str("tensor", choices=("tensor", "sample", "channel")),
+    # test-time scope; null: the training scope with tensor → sample (tensor is transductive)
+    "eval_norm_scope": Str(None, choices=("tensor", "sample", "channel"), nullable=True),
+    "pseudo_apex_draw": Str("per_epoch", choices=("per_epoch", "fixed")),
+    # end to end: Oh et al.'s encoder and manipulator fine-tuned inside InfuseNet (Sec. 3.2)
+    "end_to_end": Bool(False),
+    "magnifier_weights": Str("models/magnifier/oh.pt", what="a magnifier weights file"),
+    "crop_size": Int(112, min=8),
+    "latent_alpha": Float(10, gt=0.0),
+    "latent_kind": Str("difference", choices=("difference", "manipulated")),
     "input_size": Int(224, min=8),
     "image_magnifier": Str("oh", choices=("oh", "stmemm")),
     "image_alpha": Float(10, min=0.0),

@@ -24,7 +24,10 @@ network, its losses and its augmentation are :mod:`pipeline.models.ac4au` and
   subject (``FoldContext.train_subjects``), and a batch whose subject index is not a training
   subject (−1) raises instead of being scored.  L_DC is a training-time loss (the paper: "applied
   only during training"); outside training (e.g. the inner-validation loss with ``selection:
-  inner_val``) only L_AU is computed.
+  inner_val``) only L_AU is computed.  ``model.gamma_warmup_epochs: W`` (ours; 0 = the paper's
+  constant γ) ramps γ linearly from 0 in epoch 1 to γ in epoch W + 1, through the trainer's
+  ``set_epoch`` hook: from scratch the subject loss's backbone gradient is ~70x the AU loss's at
+  initialisation, and the ramp lets the AU head learn first.
 * **Optimiser over the subject prototypes** — the shared trainer optimises ``model.parameters()``;
   the network and its criterion are therefore wrapped in one module,
   :class:`AC4AUWithCriterion`, whose parameters include the prototypes (and whose checkpoint
@@ -192,6 +195,13 @@ class AC4AUWithCriterion(nn.Module):
         super().__init__()
         self.net = net
         self.criterion = criterion
+
+    def set_epoch(self, epoch: int, n_epochs: int) -> None:
+        """Trainer hook at the start of each training epoch (1-based): sets γ of L_DC
+        (:meth:`~pipeline.models.ac4au_losses.AC4AUCriterion.set_epoch`)."""
+        gamma = self.criterion.set_epoch(epoch)
+        if self.criterion.gamma_warmup_epochs:
+            log.debug("epoch %d/%d: γ of L_DC %.4g", epoch, n_epochs, gamma)
 
     @property
     def n_prototypes(self) -> int:

@@ -33,9 +33,13 @@ S = ``input_size`` (paper 224):
   each (32, S_c/2, S_c/2) float16 at the cache's crop side S_c = ``flow.size``, resized to S/2 by
   area averaging (bilinear when enlarging; :func:`resize_latent`) and concatenated in that order,
   Mag(onset, apex) ‖ Mag(onset, pseudo-apex) (Eq. 2): (64, S/2, S/2), FrameMag's conv1 output.
-  The magnification factor α is the cache's (``magnify.latent_alpha``, paper 10), the
-  pseudo-apex offset (Sec. 3.1: k ∈ [0, 5] frames, fixed seed) the cache's
-  ``pseudo_apex_offset`` (``magnify.pseudo_apex``).  Resizing the latent map stands in for
+  The magnification factor α is the cache's (``magnify.latent_alpha``, paper 10).  The
+  pseudo-apex (Sec. 3.1: k ∈ [0, 5] frames after the apex): with ``pseudo_apex_draw:
+  per_epoch`` (default) every training sample draws a new k each time it is seen, from the
+  cached latents of all offsets (``latent/onset_pseudo_all``, :func:`redraw_pseudo_apex`; the
+  paper redraws every iteration); ``fixed`` keeps the cache's one fixed-seed draw per sample
+  (``pseudo_apex_offset``, ``magnify.pseudo_apex``).  Test samples always use the fixed draw.
+  Resizing the latent map stands in for
   computing it on a smaller crop when S ≠ S_c (the quick configuration); with S = S_c (paper:
   224 px crops and flow) it is the identity;
 * ``image`` (``infusenet_image``, Table 3) — ``magnified.h5``
@@ -45,7 +49,10 @@ S = ``input_size`` (paper 224):
 Settings (besides the shared trainer's, :mod:`pipeline.training.trainer`): ``input_size``,
 ``pretrained`` (false | true: ImageNet through torchvision/timm, a download | the path of a local
 state-dict file, loaded into every stream), ``norm_scope`` (infusion normalisation:
-``tensor`` (ref. code) | ``sample`` | ``channel``), ``model`` (any other field of
+``tensor`` (ref. code) | ``sample`` | ``channel``, in training), ``eval_norm_scope`` (the
+scope at test time; null: ``norm_scope`` with ``tensor`` → ``sample``, so that a test prediction
+does not depend on the other samples of its batch; ``tensor`` is the ref. code's transductive
+test), ``model`` (any other field of
 :class:`~pipeline.models.infusenet.InfuseNetConfig`, e.g. ``latent_bn``,
 ``vit_infusion_blocks``), ``aux_flow_loss`` (weight of an extra BCE on FrameFlow's logits through
 InfuseNet's shared head, :meth:`~pipeline.models.infusenet.InfuseNet.forward_both`; default 0,
@@ -58,6 +65,21 @@ the mirrored face, the encoder's filters are not symmetric; the paper uses no au
 the weights file, and the network itself (built once on the ``meta`` device, no memory, no
 weights); every problem is a :class:`~pipeline.training.registry.MethodError` naming
 ``methods.<name>``.
+
+End to end (``end_to_end: true``; off by default, and in the quick configuration): the paper
+fine-tunes the magnifier's encoder and manipulator inside InfuseNet (Sec. 3.2); by default this
+project does not — it trains on the latents the ``magnify`` stage computed once, without
+gradients, with the magnifier frozen.  With ``end_to_end: true`` a latent variant instead
+computes Mag(onset, apex) ‖ Mag(onset, pseudo-apex) in its forward pass with the Oh et al.
+encoder (shape branch) and manipulator (:class:`~pipeline.models.infusenet.MagnifierLatent`),
+initialised from ``magnifier_weights`` (default ``models/magnifier/oh.pt``) and trained with the
+rest of the network (same optimiser and learning rate; the paper gives none for them), at
+α = ``latent_alpha`` (10) and ``latent_kind`` (``difference``).  Its inputs are ``faces.h5``'s
+crops ``crop{crop_size}/onset``, ``/apex`` and the pseudo-apex window ``/pseudo_apex`` (crop_size
+= ``flow.size``, 112 quick), resized to ``input_size`` (the latent is then input_size/2), and
+``magnified.h5``'s ``pseudo_apex_offset`` (the fixed draw used at test time); training draws the
+pseudo-apex per sample and epoch (``pseudo_apex_draw``).  About 3x the compute of the cached-latent
+variant per step (the encoder runs on three crops per sample).
 
 The loss is the shared trainer's multi-label BCE over the 12 CD6ME AUs (the paper's "cross-entropy"
 on a multi-label output); Adam 1e-3 with ExponentialLR γ 0.9 for 50 epochs in the paper
@@ -111,6 +133,10 @@ __all__ = [
 #: The two latent datasets of ``magnified.h5``, concatenated in this order (channels 0–31, 32–63).
 LATENT_DATASETS: tuple[str, str] = ("latent/onset_apex", "latent/onset_pseudo")
 _LATENT_KEYS: tuple[str, str] = ("latent_apex", "latent_pseudo")
+#: The latents of every pseudo-apex offset k = 0…K (``pseudo_apex_draw: per_epoch``).
+PSEUDO_ALL_DATASET = "latent/onset_pseudo_all"
+_PSEUDO_ALL_KEY = "latent_pseudo_all"
+PSEUDO_APEX_DRAWS: tuple[str, ...] = ("per_epoch", "fixed")
 
 
 def alpha_tag(alpha: float) -> str:
@@ -162,10 +188,62 @@ def resize_latent(latent: np.ndarray, side: int) -> np.ndarray:
     return np.ascontiguousarray(out[0].numpy())
 
 
+def resize_latents(latents: np.ndarray, side: int) -> np.ndarray:
+    """:func:`resize_latent` for a stack of latent maps (one per pseudo-apex offset).
+
+    Parameters
+    ----------
+    latents : ndarray of shape (K, C, h, w), float16 or float32
+    side : int
+
+    Returns
+    -------
+    ndarray of shape (K, C, side, side), float32
+
+    Raises
+    ------
+    ValueError
+        If ``latents`` is not 4-D (or as :func:`resize_latent`).
+    """
+    arr = np.asarray(latents)
+    if arr.ndim != 4:
+        raise ValueError(f"latents must be (K, C, h, w), got shape {arr.shape}")
+    k, c = arr.shape[:2]
+    return resize_latent(arr.reshape(k * c, *arr.shape[2:]), side).reshape(k, c, side, side)
+
+
+def redraw_pseudo_apex(batch: dict[str, torch.Tensor], gen: torch.Generator) -> dict:
+    """Training batch with a fresh pseudo-apex per sample (InfuseNet Sec. 3.1).
+
+    Each sample's Mag(onset, pseudo-apex) is replaced by the cached latent of an offset
+    k ~ U{0, …, K} drawn from the trainer's seeded generator, so every sample gets a new draw each
+    time it is seen (once per epoch; the paper redraws per iteration).  Evaluation keeps the
+    cache's fixed-seed draw (``latent/onset_pseudo``).
+
+    Parameters
+    ----------
+    batch : dict of Tensor
+        With ``latent_pseudo_all`` of shape (B, K + 1, 32, s, s).
+    gen : torch.Generator
+
+    Returns
+    -------
+    dict
+        A copy with ``latent_pseudo`` (B, 32, s, s) at the drawn offsets and ``pseudo_offset``
+        (B,) int64 the offsets.
+    """
+    every = batch[_PSEUDO_ALL_KEY]
+    k = torch.randint(0, every.shape[1], (every.shape[0],), generator=gen)
+    out = dict(batch)
+    out[_LATENT_KEYS[1]] = every[torch.arange(every.shape[0]), k.to(every.device)]
+    out["pseudo_offset"] = k
+    return out
+
+
 def _config(name: str, params: Mapping[str, Any], size: int) -> InfuseNetConfig:
     model = dict(params.get("model") or {})
     model["image_size"] = size
-    for key in ("pretrained", "norm_scope"):
+    for key in ("pretrained", "norm_scope", "eval_norm_scope"):
         if key in params:
             model[key] = params[key]
     if isinstance(model.get("pretrained"), str) and model["pretrained"].lower() in ("", "none"):
@@ -209,6 +287,10 @@ def _inputs(name: str, variant: str, params: Mapping[str, Any],
             prep = functools.partial(resize_latent, side=size // 2)
             specs += [InputSpec(key, "magnified", ds, "array", size // 2, prep)
                       for key, ds in zip(_LATENT_KEYS, LATENT_DATASETS, strict=True)]
+            if _pseudo_draw(name, params) == "per_epoch":
+                specs.append(InputSpec(_PSEUDO_ALL_KEY, "magnified", PSEUDO_ALL_DATASET, "array",
+                                       size // 2, functools.partial(resize_latents,
+                                                                    side=size // 2)))
         else:
             magnifier = str(params.get("image_magnifier", "oh"))
             if magnifier not in ("oh", "stmemm"):
@@ -221,6 +303,76 @@ def _inputs(name: str, variant: str, params: Mapping[str, Any],
             ds = f"frames/{magnifier}/{alpha_tag(alpha)}/apex"
             specs.append(InputSpec("image", "magnified", ds, "image", size))
     return tuple(specs), kinds
+
+
+def _pseudo_draw(name: str, params: Mapping[str, Any]) -> str:
+    draw = str(params.get("pseudo_apex_draw", "per_epoch"))
+    if draw not in PSEUDO_APEX_DRAWS:
+        raise MethodError(f"methods.{name}.pseudo_apex_draw must be one of {PSEUDO_APEX_DRAWS}, "
+                          f"got {draw!r}")
+    return draw
+
+
+_E2E_KEYS = ("crop_onset", "crop_apex", "crop_window", "pseudo_fixed")
+
+
+def _end_to_end(name: str, params: Mapping[str, Any], size: int) -> dict[str, Any] | None:
+    """The end-to-end settings (``end_to_end: true``), checked; None when off."""
+    if not params.get("end_to_end", False):
+        return None
+    if params["end_to_end"] is not True:
+        raise MethodError(f"methods.{name}.end_to_end must be true or false, "
+                          f"got {params['end_to_end']!r}")
+    weights = Path(str(params.get("magnifier_weights", "models/magnifier/oh.pt")))
+    if not weights.is_file():
+        raise MethodError(f"methods.{name}.magnifier_weights: {weights}: Oh et al. magnifier "
+                          "weights not found (run `dvc repro magnifier`)")
+    crop = params.get("crop_size", 112)
+    alpha = params.get("latent_alpha", 10)
+    if isinstance(crop, bool) or not isinstance(crop, int) or crop < size:
+        raise MethodError(f"methods.{name}.crop_size must be the faces.h5 crop side (flow.size) "
+                          f">= input_size {size}, got {crop!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or alpha <= 0:
+        raise MethodError(f"methods.{name}.latent_alpha must be a positive number, got {alpha!r}")
+    kind = str(params.get("latent_kind", "difference"))
+    if kind not in ("difference", "manipulated"):
+        raise MethodError(f"methods.{name}.latent_kind must be difference or manipulated, "
+                          f"got {kind!r}")
+    return {"weights": weights, "crop": int(crop), "alpha": float(alpha), "kind": kind}
+
+
+def _e2e_inputs(e2e: Mapping[str, Any], size: int) -> list[InputSpec]:
+    c = e2e["crop"]
+    return [InputSpec("crop_onset", "faces", f"crop{c}/onset", "image", size),
+            InputSpec("crop_apex", "faces", f"crop{c}/apex", "image", size),
+            InputSpec("crop_window", "faces", f"crop{c}/pseudo_apex", "image", size),
+            InputSpec("pseudo_fixed", "magnified", "pseudo_apex_offset", "array", None,
+                      _as_vector)]
+
+
+def _as_vector(value: np.ndarray) -> np.ndarray:
+    """A stored scalar (e.g. ``pseudo_apex_offset``) as a (1,) float32 array (a batch: (B, 1))."""
+    return np.asarray(value, dtype=np.float32).reshape(1)
+
+
+def redraw_pseudo_offset(batch: dict[str, torch.Tensor], gen: torch.Generator,
+                         max_offset: int = 5) -> dict:
+    """End-to-end training batch: a fresh pseudo-apex offset k ~ U{0, …, K} per sample
+    (``pseudo_offset``, (B,) int64; K = min(``max_offset``, window − 1)), as
+    :func:`redraw_pseudo_apex` does for cached latents."""
+    n_k = min(max_offset + 1, batch["crop_window"].shape[1])
+    out = dict(batch)
+    out["pseudo_offset"] = torch.randint(0, n_k, (batch["crop_window"].shape[0],), generator=gen)
+    return out
+
+
+def _e2e_forward(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    window = batch["crop_window"]  # (B, W, 3, S, S)
+    k = batch.get("pseudo_offset")
+    if k is None:  # evaluation: the cache's fixed-seed draw
+        k = batch["pseudo_fixed"].reshape(-1).long()
+    pseudo = window[torch.arange(window.shape[0], device=window.device), k.to(window.device)]
+    return model(batch, batch["crop_onset"], batch["crop_apex"], pseudo)
 
 
 def _model_args(kinds: Sequence[str], batch: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
@@ -257,11 +409,22 @@ def _infusenet(name: str, params: dict[str, Any]) -> MethodSpec:
                           f">= 16 px, got {size}")
     cfg = _config(name, params, size)
     _check_buildable(name, variant, cfg)
-    inputs, kinds = _inputs(name, variant, params, size)
+    e2e = _end_to_end(name, params, size)
+    if e2e is not None:
+        if VARIANTS[variant][2] != "latent":
+            raise MethodError(f"methods.{name}.end_to_end: variant {variant!r} reads no "
+                              "magnified latent")
+        inputs, kinds = _inputs(name, variant, {**params, "pseudo_apex_draw": "fixed"}, size)
+        inputs = tuple(i for i in inputs if i.cache != "magnified") + tuple(_e2e_inputs(e2e,
+                                                                                        size))
+    else:
+        inputs, kinds = _inputs(name, variant, params, size)
 
     aux = float(params.get("aux_flow_loss", 0.0) or 0.0)
     if aux < 0:
         raise MethodError(f"methods.{name}.aux_flow_loss must be >= 0, got {aux}")
+    if aux and e2e is not None:
+        raise MethodError(f"methods.{name}: aux_flow_loss is not available with end_to_end")
     if aux and arch != "infuse":
         raise MethodError(f"methods.{name}.aux_flow_loss applies to InfuseNet variants only "
                           f"(FrameFlow logits through the shared head), not {variant!r}")
@@ -272,9 +435,22 @@ def _infusenet(name: str, params: dict[str, Any]) -> MethodSpec:
             "mirroring a latent map is not the latent of the mirrored face (set hflip: 0)")
 
     def build(ctx: FoldContext) -> nn.Module:
-        return build_infusenet_variant(variant, dataclasses.replace(cfg, num_classes=ctx.n_outputs))
+        net = build_infusenet_variant(variant, dataclasses.replace(cfg, num_classes=ctx.n_outputs))
+        if e2e is None:
+            return net
+        from pipeline.magnification.train import load_magnifier
+        from pipeline.models.infusenet import EndToEndInfuseNet, MagnifierLatent
+
+        magnifier, meta = load_magnifier(e2e["weights"])
+        if meta.get("kind") != "oh":
+            raise MethodError(f"methods.{name}.magnifier_weights: {e2e['weights']} holds a "
+                              f"{meta.get('kind')!r} magnifier, not Oh et al.'s")
+        return EndToEndInfuseNet(net, MagnifierLatent(magnifier.train(), e2e["alpha"],
+                                                      e2e["kind"]))
 
     def forward(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> Any:
+        if e2e is not None:
+            return _e2e_forward(model, batch)
         args = _model_args(kinds, batch)
         if aux and model.training and isinstance(model, InfuseNet):
             return model.forward_both(*args)
@@ -297,6 +473,8 @@ def _infusenet(name: str, params: dict[str, Any]) -> MethodSpec:
     if hflip > 0:
         def transform(batch: dict[str, torch.Tensor], gen: torch.Generator) -> dict:
             return flow_hflip(batch, gen, hflip, flow_keys=("flow",), image_keys=("image",))
+    elif "latent" in kinds and _pseudo_draw(name, params) == "per_epoch":
+        transform = redraw_pseudo_apex if e2e is None else redraw_pseudo_offset
 
     return MethodSpec(task=task, protocol=protocol, inputs=inputs, build_model=build,
                       build_loss=build_loss, forward=forward, train_transform=transform)

@@ -29,6 +29,10 @@ Default losses (:func:`default_loss`):
 
 Modules defining methods are listed in :data:`METHOD_MODULES`; a new method adds its module there
 (and its section to ``params.yaml`` and its name to the ``train`` foreach in ``dvc.yaml``).
+:data:`FAMILY_MODULES` maps a family to the module that registers it, so that
+:func:`build_method` imports only that module (a ``train@<method>`` stage then pays for torch
+and its own networks, not for timm's ViTs or AC4AU's); a family absent from the mapping is found
+by importing every module of :data:`METHOD_MODULES`.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from pipeline.training.data import InputSpec
 from pipeline.training.protocols import Fold
 
 __all__ = [
+    "FAMILY_MODULES",
     "METHOD_MODULES",
     "ConstantPredictor",
     "FoldContext",
@@ -63,6 +68,15 @@ __all__ = [
 METHOD_MODULES: list[str] = ["pipeline.training.baselines", "pipeline.training.methods_infusenet",
                               "pipeline.training.methods_ac4au",
                               "pipeline.training.methods_mimicking"]
+
+#: Family → the module whose import registers it (looked up first by :func:`build_method`).
+FAMILY_MODULES: dict[str, str] = {
+    "constant": "pipeline.training.baselines",
+    "sssnet": "pipeline.training.baselines",
+    "resnet_flow": "pipeline.training.baselines",
+    "infusenet": "pipeline.training.methods_infusenet",
+    "ac4au": "pipeline.training.methods_ac4au",
+}
 
 TASKS = ("au", "emotion")
 PROTOCOLS = {"au": ("cd6me",), "emotion": ("loso",)}
@@ -229,8 +243,11 @@ def build_method(name: str, params: Mapping[str, Any]) -> MethodSpec:
         If the family (``params["family"]``, default ``name``) is not registered, naming the
         known families.
     """
-    _load_modules()
     family = str(params.get("family", name))
+    if family not in _FAMILIES and family in FAMILY_MODULES:
+        importlib.import_module(FAMILY_MODULES[family])
+    if family not in _FAMILIES:
+        _load_modules()
     if family not in _FAMILIES:
         raise MethodError(
             f"methods.{name}: unknown method family {family!r}; known: {sorted(_FAMILIES)}")

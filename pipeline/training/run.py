@@ -5,7 +5,8 @@ locations, runs every fold of the method's protocol with the shared trainer (or 
 predictor), and writes:
 
 * ``metrics/<method>.json`` — AU: ``{"task": "au", "protocol": "cd6me", "data", "f1_mean",
-  "f1_per_au", "f1_per_database", "f1_database_mean", "n_samples"[, "paper"]}``;
+  "f1_per_au", "f1_per_database", "f1_database_mean", "n_samples", "auc_mean",
+  "auc_per_au"[, "paper"]}`` (``auc_*``: ROC AUC of the pooled scores, ours, beside the CD6ME F1);
   emotion: ``{"task": "emotion", "protocol": "loso", "data", "results": {"casme2-5": {"accuracy",
   "uf1", "uar", "n_samples"}, …, "composite-3": {…}, "composite-3/casme2": {…}, …}}`` (the
   composite is also reported per database, on its pooled predictions restricted to that database);
@@ -292,13 +293,15 @@ def _run_cd6me(name: str, spec: MethodSpec, settings: TrainSettings, params: Map
         decisions[fold.test] = res["decisions"]
         fold_of[fold.test] = fold.name
         curves += res["curves"]
-        summary = au_fold_summary(targets[fold.test].astype(np.int64), res["decisions"], aus)
+        summary = au_fold_summary(targets[fold.test].astype(np.int64), res["decisions"], aus,
+                                  res["scores"])
         write_json(paths.folds / f"{fold.name}.json", {
             "task": "au", "protocol": "cd6me", "data": label, "fold": fold.name,
             "held_out": fold.held_out, "f1_mean": summary["f1_mean"],
             "f1_per_au": summary["f1_per_au"],
             "f1_per_database": {fold.held_out: summary["f1_mean"]},
             "f1_database_mean": summary["f1_mean"], "n_samples": summary["n_samples"],
+            "auc_mean": summary["auc_mean"], "auc_per_au": summary["auc_per_au"],
             "n_train": res["n_train"], "n_missing_features": int(res["missing"].sum()),
             "selected_epoch": res["selected_epoch"], "seed": res["seed"]})
         log.info("%s fold %s: F1 mean %.3f on %d samples (trained on %d)", name, fold.name,
@@ -316,7 +319,7 @@ def _run_cd6me(name: str, spec: MethodSpec, settings: TrainSettings, params: Map
         pred.to_csv(tmp, index=False)
     _write_curves(paths, curves)
     _write_missing(paths, store)
-    result = cd6me_summary(y_true, decisions, table["database"].tolist(), aus)
+    result = cd6me_summary(y_true, decisions, table["database"].tolist(), aus, scores)
     return {"task": "au", "protocol": "cd6me", "data": label, **result}
 
 
@@ -465,9 +468,9 @@ def run_method(name: str, params: Mapping[str, Any], samples: pd.DataFrame,
         "method": name, "task": spec.task, "protocol": spec.protocol, "data": label, "seed": seed,
         "device": str(device), "seconds": round(time.time() - start, 1)})
     if spec.task == "au":
-        log.info("%s: CD6ME F1 mean %.3f (per-database mean %.3f) on %d samples in %.0f s", name,
-                 result["f1_mean"], result["f1_database_mean"], result["n_samples"],
-                 time.time() - start)
+        log.info("%s: CD6ME F1 mean %.3f (per-database mean %.3f), AUC mean %.3f on %d samples "
+                 "in %.0f s", name, result["f1_mean"], result["f1_database_mean"],
+                 result["auc_mean"], result["n_samples"], time.time() - start)
     else:
         log.info("%s: LOSO done in %.0f s", name, time.time() - start)
     return result

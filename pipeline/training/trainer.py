@@ -21,6 +21,10 @@ seed and the fold's name), the DataLoader shuffles with its own seeded generator
 workers, and on the CPU ``torch.use_deterministic_algorithms(True, warn_only=True)`` is on, so the
 same parameters and seed give identical metrics twice on the same machine.
 
+Epoch hook: a model with a ``set_epoch(epoch, n_epochs)`` method (epoch 1-based) has it called
+at the start of every training epoch (e.g. AC4AU's γ warm-up of the subject loss); so has a
+``train_transform`` with one (e.g. a per-epoch draw).
+
 Curves: per epoch the mean training loss, the learning rate and (with ``inner_val``) the
 validation loss and score go to a dvclive folder per fold (``Live(dir, save_dvc_exp=False,
 dvcyaml=None)``: DVC's own pipeline integration stays off, the stage declares the folder) and are
@@ -384,6 +388,10 @@ def fit_predict(spec: MethodSpec, ctx: FoldContext, store: FeatureStore, train: 
     try:
         for epoch in range(1, settings.epochs + 1):
             model.train()
+            for owner in (model, spec.train_transform):
+                hook = getattr(owner, "set_epoch", None)
+                if callable(hook):
+                    hook(epoch, settings.epochs)
             total, count = 0.0, 0
             for i, batch in enumerate(loader):
                 if spec.train_transform is not None:
