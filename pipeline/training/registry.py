@@ -61,7 +61,7 @@ __all__ = [
 
 #: Modules whose import registers method families (see module docstring).
 METHOD_MODULES: list[str] = ["pipeline.training.baselines", "pipeline.training.methods_infusenet",
-                              "pipeline.training.methods_ac4au"]
+                              "pipeline.training.methods_ac4au", "pipeline.training.methods_gam"]
 
 TASKS = ("au", "emotion")
 PROTOCOLS = {"au": ("cd6me",), "emotion": ("loso",)}
