@@ -196,7 +196,11 @@ def test_method_section_is_checked_and_inputs_follow_the_switches():
     assert [(i.cache, i.dataset) for i in raw] == [("faces", "crop96/apex"),
                                                    ("patches", "landmarks68")]
     assert alphas == ()
-    for bad, match in (({"task": "au", "protocol": "cd6me"}, "emotions under LOSO"),
+    onset = build_method("gam", {**base, "input": "apex_onset", "crop_size": 64})
+    assert [(i.key, i.dataset) for i in onset.inputs][-1] == ("onset", "crop64/onset")
+    for bad, match in (({"input": "flow"}, "input must be one of"),
+                       ({"input": "apex_onset", "magnified": False}, "needs magnified"),
+                       ({"task": "au", "protocol": "cd6me"}, "emotions under LOSO"),
                        ({"model": {"layers": 0}}, "layers must be >= 1"),
                        ({"model": {"conv": "gin"}}, "conv must be one of"),
                        ({"model": {"depth": 2}}, "unknown keys"),
@@ -205,6 +209,29 @@ def test_method_section_is_checked_and_inputs_follow_the_switches():
                        ({"magnifier": "evm"}, "stmemm or oh")):
         with pytest.raises(MethodError, match=match):
             build_method("gam", {**base, **bad})
+
+
+def test_apex_onset_input_jitters_both_alike_and_feeds_six_channels():
+    base = {"family": "gam_mm_mer", "task": "emotion", "protocol": "loso",
+            "input": "apex_onset", "augment": {"alphas": [8], "p_alpha": 0.0},
+            "model": {"patch_size": 8, "cnn_channels": [4, 8], "hidden": 4, "heads": 2}}
+    spec = build_method("gam", base)
+    torch.manual_seed(0)
+    frame = torch.rand(3, 3, 32, 32)
+    lm = torch.rand(3, 68, 2) * 16 + 8
+    batch = {"frame": frame, "onset": frame.clone(), "landmarks": lm,
+             "frame_alpha8": frame, "landmarks_alpha8": lm, "target": torch.zeros(3)}
+    out = spec.train_transform(batch, torch.Generator().manual_seed(0))
+    assert not torch.allclose(out["frame"], frame)                  # jittered …
+    torch.testing.assert_close(out["frame"], out["onset"])          # … with the same draws
+    from pipeline.training.protocols import Fold
+    from pipeline.training.registry import FoldContext
+
+    ctx = FoldContext("gam", "emotion", Fold("f", "x", "smic-3", np.arange(2), np.arange(1)), 3,
+                      ("a", "b", "c"), np.zeros(2, np.int64), (), 0, {})
+    model = spec.build_model(ctx)
+    assert model.cnn.features[0].in_channels == 6
+    assert spec.forward(model.eval(), out).shape == (3, 3)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,9 +292,11 @@ def _gam_caches(tmp_path, size: int = 32, alphas=(5, 8)):
 def test_loso_run_writes_the_metrics_schema_and_learns_the_synthetic_classes(tmp_path):
     samples, feats = _gam_caches(tmp_path)
     params = {"family": "gam_mm_mer", "task": "emotion", "protocol": "loso",
-              "tasks": ["casme2-3", "smic-3"], "augment": {"alphas": [8]},
-              "model": {"patch_size": 10, "cnn_channels": [8, 16], "hidden": 8, "heads": 2},
-              "epochs": 25, "batch_size": 16, "optimizer": {"name": "adam", "lr": 0.005},
+              "tasks": ["casme2-3", "smic-3"],
+              "augment": {"alphas": [8], "brightness": 0, "contrast": 0, "colour": 0},
+              "model": {"patch_size": 10, "cnn_channels": [8, 16], "hidden": 8, "heads": 2,
+                        "dropout": 0.0},
+              "epochs": 20, "batch_size": 4, "optimizer": {"name": "adam", "lr": 0.005},
               "loss": {"class_weights": "inverse"}, "device": "cpu", "torch_threads": 1,
               "save_checkpoints": False}
     paths = RunPaths(tmp_path / "models", tmp_path / "metrics" / "gam",

@@ -210,11 +210,13 @@ def _open_magnified(path: str | os.PathLike | None, groups: Mapping[str, str],
                          "(stages.patches --magnified); set patches.magnified: {} to skip them")
     mag = FeatureCache(path, "magnified")
     absent = sorted(d for d in groups.values() if d not in mag.datasets)
+    lacking = [s for s in faces.sample_ids if s not in mag]
+    if absent or lacking:
+        mag.close()
     if absent:
         have = sorted(d for d in mag.datasets if d.startswith("frames/"))
         raise CacheError(f"{mag.path}: no {absent}; it has {have}. Add the factors to "
                          "magnify.frames or remove them from patches.magnified")
-    lacking = [s for s in faces.sample_ids if s not in mag]
     if lacking:
         raise CacheError(f"{mag.path}: {len(lacking)} samples of {faces.path} are missing "
                          f"(e.g. {lacking[0]}); magnified.h5 holds every faces.h5 sample — "

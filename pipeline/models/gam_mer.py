@@ -322,6 +322,9 @@ class GAMMER(nn.Module):
     attention_dropout : float
         Dropout on the attention coefficients (GAT).
     readout : {"concat", "mean"}
+    in_channels : int
+        Channels of the frames (3: the magnified apex, the paper's input; 6: with the
+        difference image of :mod:`pipeline.training.methods_gam`'s ``input: apex_onset``).
 
     Raises
     ------
@@ -336,7 +339,7 @@ class GAMMER(nn.Module):
                  patch_size: int, conv: str = "gat", layers: int = 2, hidden: int = 16,
                  heads: int = 4, cnn_channels: Sequence[int] = (16, 32, 64),
                  dropout: float = 0.3, attention_dropout: float = 0.0,
-                 readout: str = "concat"):
+                 readout: str = "concat", in_channels: int = 3):
         super().__init__()
         from torch_geometric.nn import GATConv, GCNConv
 
@@ -354,7 +357,7 @@ class GAMMER(nn.Module):
         self.patch_size = int(patch_size)
         self.conv_kind = conv
         self.readout = readout
-        self.cnn = RegionCNN(cnn_channels)
+        self.cnn = RegionCNN(cnn_channels, in_channels=in_channels)
         width = heads * hidden
         self.graph = nn.ModuleList()
         c_in = self.cnn.out_dim
@@ -371,7 +374,7 @@ class GAMMER(nn.Module):
         self.head = nn.Linear(width * (n if readout == "concat" else 1), n_classes)
 
     def node_features(self, frames: Tensor, landmarks: Tensor) -> Tensor:
-        """Per-region CNN features ``(B, R, F)`` of frames ``(B, 3, H, W)`` in [0, 1]."""
+        """Per-region CNN features ``(B, R, F)`` of frames ``(B, C, H, W)`` in [0, 1]."""
         centres = region_centres(landmarks, self.regions)
         patches = cut_patches(frames.float(), centres, self.patch_size)
         b, r = patches.shape[:2]
@@ -382,8 +385,9 @@ class GAMMER(nn.Module):
 
         Parameters
         ----------
-        frames : Tensor of shape (B, 3, H, W), float in [0, 1]
-            Magnified apex frames (or apex crops for the "raw image" ablation).
+        frames : Tensor of shape (B, C, H, W), float in [0, 1]
+            Magnified apex frames (or apex crops for the "raw image" ablation), C =
+            ``in_channels``.
         landmarks : Tensor of shape (B, 68, 2)
             dlib points of each frame, pixels.
 

@@ -43,7 +43,15 @@ Parameters (section ``methods.<name>``, ``family: gam_mm_mer``; besides the shar
 ``magnified``
     false: the raw apex crop (Table 4 "Raw Image"); no magnification augmentation then.
 ``crop_size``
-    Side of the apex crops for ``magnified: false`` (= ``patches.size``).
+    Side of the apex crops for ``magnified: false`` (= ``patches.size``) and of the onset crops
+    for ``input: apex_onset`` (= ``flow.size``, the side of the magnified frames).
+``input``
+    ``apex`` (the paper: the magnified apex alone) | ``apex_onset``: the magnified apex and its
+    difference to the onset crop ``faces.h5`` ``crop<crop_size>/onset``, (apex − onset + 1) / 2,
+    six channels per patch.  Not in the paper: ST-MEMM's output carries the onset's texture, so
+    the difference keeps the magnified motion and drops the identity, the main nuisance of a
+    single frame under LOSO (README, "GAM-MM-MER", measures both on the stand-in).  The same
+    photometric jitter is applied to the apex and the onset.
 ``augment``
     ``alphas`` (list, [] for none), ``p_alpha``, ``brightness``, ``contrast``, ``colour``.
 ``model``
@@ -88,7 +96,8 @@ GAM_MODEL_DEFAULTS: dict[str, Any] = {
 _AUGMENT_DEFAULTS: dict[str, Any] = {"alphas": [8, 10, 12, 15], "p_alpha": 0.5,
                                      "brightness": 0.1, "contrast": 0.1, "colour": 0.05}
 
-FRAME, LANDMARKS = "frame", "landmarks"
+FRAME, LANDMARKS, ONSET = "frame", "landmarks", "onset"
+INPUTS = ("apex", "apex_onset")
 
 
 def gam_model_config(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -165,6 +174,9 @@ def gam_inputs(name: str, params: Mapping[str, Any]) -> tuple[tuple[InputSpec, .
     inputs = list(pair(alpha, ""))
     for a in extra:
         inputs += pair(a, f"_{alpha_tag(a)}")
+    if str(params.get("input", "apex")) == "apex_onset":
+        size = int(params.get("crop_size", 112))
+        inputs.append(InputSpec(ONSET, "faces", f"crop{size}/onset", "image"))
     return tuple(inputs), extra
 
 
@@ -237,6 +249,11 @@ def _gam_mm_mer(name: str, params: dict[str, Any]) -> MethodSpec:
         raise MethodError(f"methods.{name}: GAM-MM-MER recognises emotions under LOSO (task: "
                           f"emotion, protocol: loso), got task {task!r}, protocol {protocol!r}")
     cfg = gam_model_config(name, params)
+    mode = str(params.get("input", "apex"))
+    if mode not in INPUTS:
+        raise MethodError(f"methods.{name}.input must be one of {INPUTS}, got {mode!r}")
+    if mode == "apex_onset" and not bool(params.get("magnified", True)):
+        raise MethodError(f"methods.{name}: input apex_onset needs magnified: true")
     inputs, alphas = gam_inputs(name, params)
     augment = {**_AUGMENT_DEFAULTS, **(params.get("augment") or {})}
     unknown = sorted(set(augment) - set(_AUGMENT_DEFAULTS))
@@ -261,18 +278,29 @@ def _gam_mm_mer(name: str, params: dict[str, Any]) -> MethodSpec:
                       layers=int(cfg["layers"]), hidden=int(cfg["hidden"]),
                       heads=int(cfg["heads"]), cnn_channels=[int(c) for c in cfg["cnn_channels"]],
                       dropout=float(cfg["dropout"]),
-                      attention_dropout=float(cfg["attention_dropout"]), readout=cfg["readout"])
+                      attention_dropout=float(cfg["attention_dropout"]), readout=cfg["readout"],
+                      in_channels=6 if mode == "apex_onset" else 3)
 
     def transform(batch: dict[str, Any], gen: torch.Generator) -> dict[str, Any]:
         batch = pick_alphas(batch, gen, alphas, p_alpha)
-        if any(jitter):
-            batch = {**batch, FRAME: photometric_jitter(batch[FRAME], gen, *jitter)}
-        return batch
+        if not any(jitter):
+            return batch
+        if mode == "apex":
+            return {**batch, FRAME: photometric_jitter(batch[FRAME], gen, *jitter)}
+        side = batch[FRAME].shape[-1]      # one draw per sample for its apex and onset
+        both = photometric_jitter(torch.cat([batch[FRAME], batch[ONSET]], dim=3), gen, *jitter)
+        return {**batch, FRAME: both[..., :side], ONSET: both[..., side:]}
+
+    def forward(model: GAMMER, batch: Mapping[str, Tensor]) -> Tensor:
+        frames = batch[FRAME]
+        if mode == "apex_onset":
+            frames = torch.cat([frames, (frames - batch[ONSET] + 1) / 2], dim=1)
+        return model(frames, batch[LANDMARKS])
 
     log.info("%s: %d regions (%s), %d directed edges (%s graph), %d %s layers, inputs %s",
              name, len(regions), cfg["regions"], edges.shape[1], cfg["graph"], int(cfg["layers"]),
              cfg["conv"].upper(), ", ".join(f"{i.cache}:{i.dataset}" for i in inputs[:2]))
     return MethodSpec(
         task=task, protocol=protocol, inputs=inputs, build_model=build,
-        forward=lambda model, batch: model(batch[FRAME], batch[LANDMARKS]),
+        forward=forward,
         train_transform=transform)
