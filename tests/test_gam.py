@@ -311,3 +311,37 @@ def test_loso_run_writes_the_metrics_schema_and_learns_the_synthetic_classes(tmp
     assert len(pred) == sum(r["n_samples"] for r in saved["results"].values())
     # the AU blobs decide the class: well above the 3-class chance level
     assert result["results"]["smic-3"]["uf1"] > 0.6
+
+
+def test_params_and_dvc_yaml_wire_train_gam_mm_mer():
+    from pathlib import Path
+
+    import yaml
+
+    from pipeline.params import resolve
+    from pipeline.reporting.published import published_for
+
+    root = Path(__file__).resolve().parents[1]
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    section = params["methods"]["gam_mm_mer"]
+    for config in ("quick", "paper"):
+        spec = build_method("gam_mm_mer", resolve(section, config))
+        alpha = f"alpha{section['alpha']}"
+        assert (spec.inputs[0].dataset, spec.inputs[1].dataset) == (
+            f"frames/stmemm/{alpha}/apex", f"magnified/stmemm/{alpha}/landmarks68")
+    # every frame set the method reads is decoded by magnify and landmarked by patches
+    wanted = {section["alpha"], *section["augment"]["alphas"]}
+    assert wanted <= set(params["magnify"]["frames"]["stmemm"])
+    assert wanted <= set(params["patches"]["magnified"]["stmemm"])
+    assert resolve(section, "paper")["crop_size"] == resolve(params["patches"], "paper")["size"]
+    dvc = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    assert dvc["train"]["foreach"]["gam_mm_mer"] == {"in1": "data/features/magnified.h5",
+                                                     "in2": "data/features/patches.h5"}
+    assert "data/features/magnified.h5" in dvc["patches"]["deps"]
+    assert {"metrics/gam_mm_mer.json", "metrics/gam_mm_mer"} <= set(dvc["report"]["deps"])
+    pub = published_for(section["published"])
+    assert pub.results["casme2-3"] == {"accuracy": 0.9157, "uf1": 0.9122}
+    for key, uf1 in (("gcn", 0.8543), ("one_gat", 0.8780), ("three_gat", 0.8916),
+                     ("all_regions", 0.8675), ("raw_graph", 0.9010),
+                     ("no_magnification", 0.7902), ("alpha10", 0.8884)):
+        assert published_for(f"gam_mm_mer_{key}_loso").results["casme2-3"]["uf1"] == uf1
