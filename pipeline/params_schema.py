@@ -225,6 +225,8 @@ SECTIONS: dict[str, Key] = {
         "size": Int(112, min=8),
         "patch_size": Int(24, min=2),
         "fallback_box": List(Float(min=0.0, max=1.0), length=4),
+        # magnifier → α list: dlib landmarks on magnified.h5's apex frames (GAM-MM-MER)
+        "magnified": Dict(List(Float(gt=0.0))),
         "max_failed_share": SHARE,
     }),
     "magnifier": Map({

@@ -67,7 +67,7 @@ def params(model_path) -> dict:
     p["faces"].update(sizes=[96, 64], sequence_size=48, pseudo_apex_window=3,
                       sequence_length=8, landmarker_model=model_path, max_failed_share=0.45)
     p["flow"].update(size=64, pairs=["onset_apex", "onset_pseudo", "offset_apex"])
-    p["patches"].update(size=96, patch_size=20)
+    p["patches"].update(size=96, patch_size=20, magnified={})
     p["parallel"] = dict(LOCAL)
     return p
 
@@ -453,6 +453,46 @@ def test_patches_landmarks_regions_and_halves(faces_run, params, tmp_path):
     with pytest.raises(CacheError, match=r"no apex crops of size 112"):
         run_patches(faces_run["h5"], section("patches", params) | {"size": 112},
                     tmp_path / "p.h5", tmp_path / "p.csv", LOCAL)
+
+
+def test_patches_landmarks_on_magnified_frames(faces_run, params, tmp_path):
+    from pipeline.features.cache import CacheWriter
+
+    fc = FeatureCache(faces_run["h5"], "faces")
+    mag = tmp_path / "magnified.h5"
+    # stand-in magnified frames: α 5 is the apex crop itself, α 7.5 the crop at 64 px
+    with CacheWriter(mag, "magnified", {"synthetic": True}) as w:
+        for i, sid in enumerate(fc.sample_ids):
+            crop = fc.read("crop96/apex", i)
+            w.append(sid, {"frames/stmemm/alpha5/apex": crop,
+                           "frames/stmemm/alpha7.5/apex": cv2.resize(
+                               crop, (64, 64), interpolation=cv2.INTER_AREA)})
+    cfg = section("patches", params) | {"magnified": {"stmemm": [5, 7.5]}}
+    run_patches(faces_run["h5"], cfg, tmp_path / "patches.h5", tmp_path / "p.csv", LOCAL,
+                magnified_path=mag)
+    pc = FeatureCache(tmp_path / "patches.h5", "patches")
+    assert pc.datasets["magnified/stmemm/alpha5/landmarks68"][0] == (len(pc), 68, 2)
+    for i in range(len(pc)):
+        # the same frame gives the same points; the half-size frame about the scaled points
+        np.testing.assert_array_equal(pc.read("magnified/stmemm/alpha5/landmarks68", i),
+                                      pc.read("landmarks68", i))
+        small = pc.read("magnified/stmemm/alpha7.5/landmarks68", i)
+        scaled = (pc.read("landmarks68", i) + 0.5) * 64 / 96 - 0.5
+        assert np.abs(small - scaled).mean() < 1.5                  # pixels of the 64 px frame
+        np.testing.assert_allclose(pc.read("magnified/stmemm/alpha7.5/box", i),
+                                   pc.read("box", i) * 64 / 96, rtol=1e-6)
+    with pytest.raises(ValueError, match="no magnified.h5 was given"):
+        run_patches(faces_run["h5"], cfg, tmp_path / "q.h5", tmp_path / "q.csv", LOCAL)
+    with pytest.raises(CacheError, match=r"alpha10/apex"):
+        run_patches(faces_run["h5"], cfg | {"magnified": {"stmemm": [10]}}, tmp_path / "q.h5",
+                    tmp_path / "q.csv", LOCAL, magnified_path=mag)
+    partial = tmp_path / "partial.h5"
+    with CacheWriter(partial, "magnified", {"synthetic": True}) as w:
+        w.append(fc.sample_ids[0], {"frames/stmemm/alpha5/apex": fc.read("crop96/apex", 0)})
+    with pytest.raises(CacheError, match="samples of .* are missing"):
+        run_patches(faces_run["h5"], cfg | {"magnified": {"stmemm": [5]}}, tmp_path / "q.h5",
+                    tmp_path / "q.csv", LOCAL, magnified_path=partial)
+    assert not (tmp_path / "q.h5").exists()
 
 
 def test_patches_use_the_fallback_box_when_dlib_finds_no_face():

@@ -102,3 +102,17 @@ FAMILY_KEYS["mimicking"] = {
     "augment": Map({"hflip": Float(0.5, min=0.0, max=1.0), "erase": Float(0.0, min=0.0, max=1.0)}),
     "model": Free("a mapping of pipeline.models.mimicking.MimickingConfig fields"),
 }
+
+# pipeline/training/methods_gam.py: GAM-MM-MER (Wu et al., Heliyon 2024).
+FAMILY_KEYS["gam_mm_mer"] = {
+    "magnifier": Str("stmemm", choices=("stmemm", "oh")),
+    "alpha": Float(5, gt=0.0),
+    "magnified": Bool(True),
+    "crop_size": Int(112, min=1),
+    "input": Str("apex", choices=("apex", "apex_onset")),
+    "augment": Map({"alphas": List(Float(gt=0.0)), "p_alpha": Float(0.5, min=0.0, max=1.0),
+                    "brightness": Float(0.0, min=0.0, max=0.999),
+                    "contrast": Float(0.0, min=0.0, max=0.999),
+                    "colour": Float(0.0, min=0.0, max=0.999)}),
+    "model": Free("checked by pipeline.training.methods_gam.gam_model_config"),
+}

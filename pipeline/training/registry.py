@@ -67,7 +67,7 @@ __all__ = [
 #: Modules whose import registers method families (see module docstring).
 METHOD_MODULES: list[str] = ["pipeline.training.baselines", "pipeline.training.methods_infusenet",
                               "pipeline.training.methods_ac4au",
-                              "pipeline.training.methods_mimicking"]
+                              "pipeline.training.methods_mimicking", "pipeline.training.methods_gam"]
 
 #: Family → the module whose import registers it (looked up first by :func:`build_method`).
 FAMILY_MODULES: dict[str, str] = {
@@ -76,6 +76,8 @@ FAMILY_MODULES: dict[str, str] = {
     "resnet_flow": "pipeline.training.baselines",
     "infusenet": "pipeline.training.methods_infusenet",
     "ac4au": "pipeline.training.methods_ac4au",
+    "mimicking": "pipeline.training.methods_mimicking",
+    "gam_mm_mer": "pipeline.training.methods_gam",
 }
 
 TASKS = ("au", "emotion")

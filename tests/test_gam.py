@@ -1,0 +1,347 @@
+"""GAM-MM-MER: the region graph, attention over neighbours, region patches, the method family."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from training_synth import AU_BLOBS, build
+
+from pipeline.features.cache import CacheWriter
+from pipeline.io import read_json
+from pipeline.models.gam_mer import (
+    GAMMER,
+    JAW_REGIONS,
+    ME_REGIONS,
+    PRIOR_EDGES,
+    RAW_EDGES,
+    cut_patches,
+    graph_edges,
+    region_centres,
+    region_set,
+)
+from pipeline.training.methods_gam import gam_inputs, photometric_jitter, pick_alphas
+from pipeline.training.registry import MethodError, build_method
+from pipeline.training.run import RunPaths, run_method
+
+
+def _names(edge_index: torch.Tensor, regions) -> set[tuple[str, str]]:
+    return {(regions[a].name, regions[b].name) for a, b in edge_index.t().tolist()}
+
+
+def test_region_sets_cover_the_landmarks_the_paper_keeps():
+    me = {p for r in ME_REGIONS for p in r.points}
+    assert me == set(range(17, 68))                     # brows, nose, eyes, mouth; no jaw (0-16)
+    every = {p for r in region_set("all") for p in r.points}
+    assert every == set(range(68))
+    assert len(region_set("all")) == len(ME_REGIONS) + len(JAW_REGIONS) == 15
+    with pytest.raises(ValueError, match="'me' or 'all'"):
+        region_set("face")
+
+
+def test_graph_edges_raw_and_prior_links():
+    regions = region_set("me")
+    raw = graph_edges(regions, prior=False)
+    prior = graph_edges(regions, prior=True)
+    raw_names, prior_names = _names(raw, regions), _names(prior, regions)
+    # undirected: every edge in both directions, no self-loops, no duplicates
+    for names, ei in ((raw_names, raw), (prior_names, prior)):
+        assert all((b, a) in names for a, b in names)
+        assert all(a != b for a, b in names)
+        assert len(names) == ei.shape[1]
+    # the raw graph joins anatomical neighbours only; the prior edges add the distant links
+    assert ("eye_right", "nose_root") in raw_names
+    assert ("eye_right", "mouth_corner_right") not in raw_names
+    assert ("eye_right", "mouth_corner_right") in prior_names              # AU6 + AU12
+    assert ("mouth_corner_left", "mouth_corner_right") in prior_names      # bilateral
+    assert raw_names < prior_names
+    me_prior = [e for e in PRIOR_EDGES if "chin" not in e]
+    assert len(prior_names - raw_names) == 2 * len(me_prior)
+    # jaw edges appear only with the jaw regions
+    assert not any("chin" in a or "jaw" in a for a, _ in prior_names)
+    every = region_set("all")
+    all_names = _names(graph_edges(every, prior=True), every)
+    assert ("chin", "lower_lip") in all_names and ("chin", "brow_left_inner") in all_names
+    assert len(all_names) == 2 * len(RAW_EDGES) + 2 * len(PRIOR_EDGES)
+
+
+def _ramp_frames(size: int) -> torch.Tensor:
+    """(1, 3, S, S): channel 0 = x, channel 1 = y (pixel indices), channel 2 = 1."""
+    yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32),
+                            torch.arange(size, dtype=torch.float32), indexing="ij")
+    return torch.stack([xx, yy, torch.ones_like(xx)])[None]
+
+
+def test_region_patches_on_a_known_landmark_set():
+    size, p = 40, 6
+    rng = np.random.default_rng(3)
+    lm = rng.uniform(8.0, 31.0, (68, 2)).astype(np.float32)
+    regions = region_set("all")
+    want = np.stack([lm[list(r.points)].mean(axis=0) for r in regions])
+    assert want[[r.name for r in regions].index("eye_left")] == pytest.approx(
+        lm[42:48].mean(axis=0))
+    got = region_centres(torch.from_numpy(lm)[None], regions)[0].numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    patches = cut_patches(_ramp_frames(size), torch.from_numpy(got)[None], p)
+    assert patches.shape == (1, len(regions), 3, p, p)
+    for k in range(len(regions)):
+        cx, cy = want[k]
+        want_x = cx - (p - 1) / 2 + np.arange(p)
+        want_y = cy - (p - 1) / 2 + np.arange(p)
+        np.testing.assert_allclose(patches[0, k, 0].numpy(), np.tile(want_x, (p, 1)), atol=1e-4)
+        np.testing.assert_allclose(patches[0, k, 1].numpy(), np.tile(want_y[:, None], (1, p)),
+                                   atol=1e-4)
+    # the same sampling as cv2.getRectSubPix on a natural-looking frame
+    rng = np.random.default_rng(0)
+    img = cv2.GaussianBlur(rng.random((size, size, 3)).astype(np.float32), (5, 5), 1.5)
+    frames = torch.from_numpy(img.transpose(2, 0, 1))[None]
+    ours = cut_patches(frames, torch.from_numpy(got)[None], p)[0]
+    for k in range(len(regions)):
+        ref = cv2.getRectSubPix(img, (p, p), tuple(float(v) for v in got[k]))
+        np.testing.assert_allclose(ours[k].numpy().transpose(1, 2, 0), ref, atol=1e-4)
+    with pytest.raises(ValueError, match=r"\(B, 68, 2\)"):
+        region_centres(torch.zeros(1, 51, 2), regions)
+
+
+def _model(**kw) -> GAMMER:
+    regions = region_set(kw.pop("regions", "me"))
+    edges = graph_edges(regions, prior=kw.pop("prior", True))
+    return GAMMER(3, regions, edges, patch_size=8, cnn_channels=(4, 8), hidden=4, heads=2,
+                  dropout=0.0, **kw)
+
+
+def test_gat_attention_is_a_softmax_over_each_nodes_neighbours():
+    torch.manual_seed(0)
+    model = _model().eval()
+    regions, edges = model.regions, model.edge_index
+    layer = model.graph[0]
+    b, r = 2, len(regions)
+    x = torch.randn(b * r, model.cnn.out_dim)
+    from pipeline.models.gam_mer import _batched_edges
+
+    batched = _batched_edges(edges, b, r)
+    out, (ei, alpha) = layer(x, batched, return_attention_weights=True)
+    assert alpha.shape == (ei.shape[1], 2)                      # one coefficient per edge and head
+    assert (alpha >= 0).all()
+    sums = torch.zeros(b * r, 2).index_add_(0, ei[1], alpha)
+    torch.testing.assert_close(sums, torch.ones(b * r, 2))      # Σ_j α_ij = 1 for every node i
+    # attention runs over the graph's edges plus self-loops, within each sample only
+    pairs = {tuple(e) for e in ei.t().tolist()}
+    want = {tuple(e) for e in batched.t().tolist()} | {(i, i) for i in range(b * r)}
+    assert pairs == want
+    # a node's output ignores non-neighbours: change them and it does not move
+    i = [n.name for n in regions].index("eye_right")
+    nbrs = {a for a, t in edges.t().tolist() if t == i} | {i}
+    x2 = x.clone()
+    others = [j for j in range(r) if j not in nbrs]
+    x2[others] += 5.0
+    out2 = layer(x2, batched)
+    torch.testing.assert_close(out2[i], out[i])
+    assert not torch.allclose(out2[others[0]], out[others[0]])
+    torch.testing.assert_close(out2[r:], out[r:])                # the other sample is untouched
+
+
+@pytest.mark.parametrize("kw", [{}, {"conv": "gcn"}, {"layers": 1}, {"layers": 3},
+                                {"regions": "all"}, {"prior": False}, {"readout": "mean"}])
+def test_gammer_variants_give_logits_and_gradients(kw):
+    torch.manual_seed(0)
+    model = _model(**kw)
+    frames = torch.rand(4, 3, 32, 32)
+    lm = torch.rand(4, 68, 2) * 20 + 6
+    logits = model(frames, lm)
+    assert logits.shape == (4, 3) and torch.isfinite(logits).all()
+    logits.sum().backward()
+    assert model.cnn.features[0].weight.grad.abs().sum() > 0
+    assert len(model.graph) == kw.get("layers", 2)
+    assert type(model.graph[0]).__name__ == ("GCNConv" if kw.get("conv") == "gcn" else "GATConv")
+
+
+def test_alpha_augmentation_and_photometric_jitter():
+    n = 64
+    batch = {"frame": torch.zeros(n, 3, 4, 4), "landmarks": torch.zeros(n, 68, 2),
+             "frame_alpha8": torch.full((n, 3, 4, 4), 8.0),
+             "landmarks_alpha8": torch.full((n, 68, 2), 8.0),
+             "frame_alpha12": torch.full((n, 3, 4, 4), 12.0),
+             "landmarks_alpha12": torch.full((n, 68, 2), 12.0), "target": torch.zeros(n)}
+    same = pick_alphas(batch, torch.Generator().manual_seed(0), (8.0, 12.0), 0.0)
+    assert same["frame"].eq(0).all()
+    out = pick_alphas(batch, torch.Generator().manual_seed(0), (8.0, 12.0), 1.0)
+    a = out["frame"][:, 0, 0, 0]
+    assert set(a.tolist()) == {8.0, 12.0}
+    torch.testing.assert_close(out["landmarks"][:, 0, 0], a)    # frame and landmarks together
+    half = pick_alphas(batch, torch.Generator().manual_seed(1), (8.0, 12.0), 0.5)
+    share = float((half["frame"][:, 0, 0, 0] > 0).float().mean())
+    assert 0.25 < share < 0.75
+    assert batch["frame"].eq(0).all()                            # input not modified
+    frames = torch.full((n, 3, 8, 8), 0.5)
+    frames[:, :, :4] = 0.25
+    jit = photometric_jitter(frames, torch.Generator().manual_seed(0), 0.1, 0.2, 0.05)
+    assert jit.shape == frames.shape and jit.min() >= 0 and jit.max() <= 1
+    assert not torch.allclose(jit, frames)
+    still = photometric_jitter(frames, torch.Generator().manual_seed(0), 0.0, 0.0, 0.0)
+    torch.testing.assert_close(still, frames)
+
+
+def test_method_section_is_checked_and_inputs_follow_the_switches():
+    base = {"family": "gam_mm_mer", "task": "emotion", "protocol": "loso"}
+    spec = build_method("gam", base)
+    names = [(i.key, i.cache, i.dataset) for i in spec.inputs]
+    assert names[:2] == [("frame", "magnified", "frames/stmemm/alpha5/apex"),
+                         ("landmarks", "patches", "magnified/stmemm/alpha5/landmarks68")]
+    assert ("frame_alpha15", "magnified", "frames/stmemm/alpha15/apex") in names
+    assert len(names) == 10
+    raw, alphas = gam_inputs("gam", {**base, "magnified": False, "crop_size": 96})
+    assert [(i.cache, i.dataset) for i in raw] == [("faces", "crop96/apex"),
+                                                   ("patches", "landmarks68")]
+    assert alphas == ()
+    onset = build_method("gam", {**base, "input": "apex_onset", "crop_size": 64})
+    assert [(i.key, i.dataset) for i in onset.inputs][-1] == ("onset", "crop64/onset")
+    for bad, match in (({"input": "flow"}, "input must be one of"),
+                       ({"input": "apex_onset", "magnified": False}, "needs magnified"),
+                       ({"task": "au", "protocol": "cd6me"}, "emotions under LOSO"),
+                       ({"model": {"layers": 0}}, "layers must be >= 1"),
+                       ({"model": {"conv": "gin"}}, "conv must be one of"),
+                       ({"model": {"depth": 2}}, "unknown keys"),
+                       ({"augment": {"p_alpha": 2}}, "p_alpha"),
+                       ({"augment": {"flip": 0.5}}, "unknown keys"),
+                       ({"magnifier": "evm"}, "stmemm or oh")):
+        with pytest.raises(MethodError, match=match):
+            build_method("gam", {**base, **bad})
+
+
+def test_apex_onset_input_jitters_both_alike_and_feeds_six_channels():
+    base = {"family": "gam_mm_mer", "task": "emotion", "protocol": "loso",
+            "input": "apex_onset", "augment": {"alphas": [8], "p_alpha": 0.0},
+            "model": {"patch_size": 8, "cnn_channels": [4, 8], "hidden": 4, "heads": 2}}
+    spec = build_method("gam", base)
+    torch.manual_seed(0)
+    frame = torch.rand(3, 3, 32, 32)
+    lm = torch.rand(3, 68, 2) * 16 + 8
+    batch = {"frame": frame, "onset": frame.clone(), "landmarks": lm,
+             "frame_alpha8": frame, "landmarks_alpha8": lm, "target": torch.zeros(3)}
+    out = spec.train_transform(batch, torch.Generator().manual_seed(0))
+    assert not torch.allclose(out["frame"], frame)                  # jittered …
+    torch.testing.assert_close(out["frame"], out["onset"])          # … with the same draws
+    from pipeline.training.protocols import Fold
+    from pipeline.training.registry import FoldContext
+
+    ctx = FoldContext("gam", "emotion", Fold("f", "x", "smic-3", np.arange(2), np.arange(1)), 3,
+                      ("a", "b", "c"), np.zeros(2, np.int64), (), 0, {})
+    model = spec.build_model(ctx)
+    assert model.cnn.features[0].in_channels == 6
+    assert spec.forward(model.eval(), out).shape == (3, 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# end to end on synthetic caches
+
+def _template(size: int) -> np.ndarray:
+    """A plausible iBUG 68-point layout on an S × S crop (x, y pixels)."""
+    pts = np.zeros((68, 2), np.float32)
+    t = np.linspace(0, np.pi, 17)
+    pts[0:17] = np.stack([0.5 - 0.4 * np.cos(t), 0.45 + 0.45 * np.sin(t)], 1)     # jaw
+    pts[17:22] = np.stack([np.linspace(0.18, 0.42, 5), np.full(5, 0.25)], 1)       # brows
+    pts[22:27] = np.stack([np.linspace(0.58, 0.82, 5), np.full(5, 0.25)], 1)
+    pts[27:31] = np.stack([np.full(4, 0.5), np.linspace(0.35, 0.5, 4)], 1)         # nose
+    pts[31:36] = np.stack([np.linspace(0.42, 0.58, 5), np.full(5, 0.55)], 1)
+    ring = np.stack([np.cos(np.linspace(0, 2 * np.pi, 7)[:6]),
+                     np.sin(np.linspace(0, 2 * np.pi, 7)[:6])], 1)
+    pts[36:42] = [0.3, 0.36] + 0.06 * ring                                          # eyes
+    pts[42:48] = [0.7, 0.36] + 0.06 * ring
+    pts[48:60] = [0.5, 0.75] + np.stack([0.16 * np.cos(np.linspace(np.pi, -np.pi, 13)[:12]),
+                                         0.06 * np.sin(np.linspace(np.pi, -np.pi, 13)[:12])], 1)
+    pts[60:68] = [0.5, 0.75] + np.stack([0.1 * np.cos(np.linspace(np.pi, -np.pi, 9)[:8]),
+                                         0.03 * np.sin(np.linspace(np.pi, -np.pi, 9)[:8])], 1)
+    return pts * (size - 1)
+
+
+def _gam_caches(tmp_path, size: int = 32, alphas=(5, 8)):
+    csv, feats = build(tmp_path, n_subjects=3, per_subject=8, size=size,
+                       databases=("casme2", "samm", "smic"))
+    samples = pd.read_csv(csv, dtype={"subject": str}, keep_default_na=False)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    lm0 = _template(size)
+    with CacheWriter(feats / "magnified.h5", "magnified", {"synthetic": True}) as mw, \
+            CacheWriter(feats / "patches.h5", "patches", {"synthetic": True}) as pw:
+        for _, row in samples.iterrows():
+            # the emotion's AUs brighten their places (SMIC rows: from the 3-class label)
+            e3 = row["emotion3"]
+            aus = {au for au in AU_BLOBS if int(row[au])} or {
+                "positive": {"AU12"}, "surprise": {"AU1", "AU2"}}.get(e3, {"AU4"})
+            base = 100 + 20 * rng.random() + 0 * xx
+            arrays = {}
+            for a in alphas:
+                img = base.copy()
+                for au in aus:
+                    (cx, cy), _ = AU_BLOBS[au]
+                    img += a * 8 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 0.01)
+                img += rng.normal(0, 3, img.shape)
+                frame = np.repeat(np.clip(img, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+                arrays[f"frames/stmemm/alpha{a}/apex"] = frame
+            mw.append(row["sample_id"], arrays)
+            lm = lm0 + rng.normal(0, 0.3, lm0.shape).astype(np.float32)
+            pw.append(row["sample_id"], {
+                **{f"magnified/stmemm/alpha{a}/landmarks68": lm for a in alphas},
+                "landmarks68": lm})
+    return samples, feats
+
+
+def test_loso_run_writes_the_metrics_schema_and_learns_the_synthetic_classes(tmp_path):
+    samples, feats = _gam_caches(tmp_path)
+    params = {"family": "gam_mm_mer", "task": "emotion", "protocol": "loso",
+              "tasks": ["casme2-3", "smic-3"],
+              "augment": {"alphas": [8], "brightness": 0, "contrast": 0, "colour": 0},
+              "model": {"patch_size": 10, "cnn_channels": [8, 16], "hidden": 8, "heads": 2,
+                        "dropout": 0.0},
+              "epochs": 20, "batch_size": 4, "optimizer": {"name": "adam", "lr": 0.005},
+              "loss": {"class_weights": "inverse"}, "device": "cpu", "torch_threads": 1,
+              "save_checkpoints": False}
+    paths = RunPaths(tmp_path / "models", tmp_path / "metrics" / "gam",
+                     tmp_path / "metrics" / "gam.json")
+    result = run_method("gam", params, samples, feats, paths, "standin-quick", seed=0)
+    saved = read_json(tmp_path / "metrics" / "gam.json")
+    assert saved["task"] == "emotion" and saved["protocol"] == "loso"
+    assert set(saved["results"]) == {"casme2-3", "smic-3"}
+    for r in saved["results"].values():
+        assert set(r) >= {"accuracy", "uf1", "uar", "n_samples"}
+    pred = pd.read_csv(tmp_path / "metrics" / "gam" / "predictions.csv")
+    assert len(pred) == sum(r["n_samples"] for r in saved["results"].values())
+    # the AU blobs decide the class: well above the 3-class chance level
+    assert result["results"]["smic-3"]["uf1"] > 0.6
+
+
+def test_params_and_dvc_yaml_wire_train_gam_mm_mer():
+    from pathlib import Path
+
+    import yaml
+
+    from pipeline.params import resolve
+    from pipeline.reporting.published import published_for
+
+    root = Path(__file__).resolve().parents[1]
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    section = params["methods"]["gam_mm_mer"]
+    for config in ("quick", "paper"):
+        spec = build_method("gam_mm_mer", resolve(section, config))
+        alpha = f"alpha{section['alpha']}"
+        assert (spec.inputs[0].dataset, spec.inputs[1].dataset) == (
+            f"frames/stmemm/{alpha}/apex", f"magnified/stmemm/{alpha}/landmarks68")
+    # every frame set the method reads is decoded by magnify and landmarked by patches
+    wanted = {section["alpha"], *section["augment"]["alphas"]}
+    assert wanted <= set(params["magnify"]["frames"]["stmemm"])
+    assert wanted <= set(params["patches"]["magnified"]["stmemm"])
+    assert resolve(section, "paper")["crop_size"] == resolve(params["patches"], "paper")["size"]
+    dvc = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    assert dvc["train"]["foreach"]["gam_mm_mer"] == {"in1": "data/features/magnified.h5",
+                                                     "in2": "data/features/patches.h5"}
+    assert "data/features/magnified.h5" in dvc["patches"]["deps"]
+    assert {"metrics/gam_mm_mer.json", "metrics/gam_mm_mer"} <= set(dvc["report"]["deps"])
+    pub = published_for(section["published"])
+    assert pub.results["casme2-3"] == {"accuracy": 0.9157, "uf1": 0.9122}
+    for key, uf1 in (("gcn", 0.8543), ("one_gat", 0.8780), ("three_gat", 0.8916),
+                     ("all_regions", 0.8675), ("raw_graph", 0.9010),
+                     ("no_magnification", 0.7902), ("alpha10", 0.8884)):
+        assert published_for(f"gam_mm_mer_{key}_loso").results["casme2-3"]["uf1"] == uf1
