@@ -229,8 +229,7 @@ def test_magnifier_stage_starts_from_the_shipped_weights(tmp_path, capsys):
     mg["init"] = "shipped"
     mg["verify"]["n_per_alpha"] = 1
     for kind in ("oh", "stmemm"):
-        mg[kind] = {"weights": None, "iterations": 3, "batch_size": 2, "lr": 1e-3,
-                    **arch_of(kind, project[kind])}
+        mg[kind] = {"iterations": 3, "batch_size": 2, "lr": 1e-3, **arch_of(kind, project[kind])}
     rc = magnifier_stage.main(["--params", _write_params(tmp_path / "p.yaml", params),
                                "--out", str(tmp_path / "m"), "--metrics", str(tmp_path / "j.json")])
     assert rc == 0
