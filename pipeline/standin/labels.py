@@ -29,7 +29,7 @@ the rule gives that label (rejection sampling, :func:`_draft_of_class`), so thei
 their emotions (their AU marginals differ from the pooled CD6ME targets, as the real ones do).
 
 Release conventions and quirks.  AU cells follow each release's habits: ``R12``, ``L1+2``,
-``4+L10`` (CASME, CASME II, CAS(ME)^3, the latter sometimes with commas), ``12L`` (MMEW), SAMM's
+``4+L10`` (CASME, CASME II, CAS(ME)^3), ``12L`` (MMEW), SAMM's
 ``R12 + R15`` with intensity letters (``12A`` … ``12E``), 4DME's ``AU4(k)+7(k)+4+24+45`` with
 ``(k)``-marked AUs (rendered faintly; readers zero them).  A small recorded share of rows carries
 a quirk of the real releases: a missing apex (``/`` or an empty cell), a ``?`` token in the AU
