@@ -19,7 +19,7 @@ import sys
 
 import torch
 
-from pipeline.io import setup_logging, write_json
+from pipeline.io import start_stage, write_json
 from pipeline.params import load, section
 from pipeline.training.data import read_samples
 from pipeline.training.methods_mimicking import render_aucam_figure
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="metrics/aucam.png")
     parser.add_argument("--info", default="metrics/aucam.json")
     args = parser.parse_args(argv)
-    setup_logging()
+    start_stage("aucam")
     log = logging.getLogger("aucam")
 
     params = load(args.params)
