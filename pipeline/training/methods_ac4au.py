@@ -79,7 +79,7 @@ from pipeline.models.ac4au_losses import (
     positive_priors,
 )
 from pipeline.training.data import InputSpec, preprocess_image
-from pipeline.training.registry import FoldContext, MethodError, MethodSpec, register
+from pipeline.training.registry import FoldContext, MethodError, MethodSpec, fixed_task, register
 
 log = logging.getLogger("train")
 
@@ -284,11 +284,7 @@ def _loss(step: AC4AUStep, batch: Mapping[str, Tensor]) -> Tensor:
 
 @register("ac4au")
 def _ac4au(name: str, params: dict[str, Any]) -> MethodSpec:
-    task = str(params.get("task", "au"))
-    protocol = str(params.get("protocol", "cd6me"))
-    if (task, protocol) != ("au", "cd6me"):
-        raise MethodError(f"methods.{name}: AC4AU detects AUs under CD6ME (task: au, protocol: "
-                          f"cd6me), got task {task!r}, protocol {protocol!r}")
+    task, protocol = fixed_task(name, params, "au", "cd6me", "AC4AU detects AUs under CD6ME")
     cfg = ac4au_model_config(name, params)
     seq_size = int(params.get("sequence_size", 112))
     dataset = f"seq{seq_size}/frames"

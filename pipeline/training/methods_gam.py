@@ -78,7 +78,7 @@ from torch import Tensor
 from pipeline.models.gam_mer import GAMMER, graph_edges, region_set
 from pipeline.training.data import InputSpec
 from pipeline.training.methods_infusenet import alpha_tag
-from pipeline.training.registry import FoldContext, MethodError, MethodSpec, register
+from pipeline.training.registry import FoldContext, MethodError, MethodSpec, fixed_task, register
 
 log = logging.getLogger("train")
 
@@ -243,11 +243,8 @@ def photometric_jitter(frames: Tensor, generator: torch.Generator, brightness: f
 
 @register("gam_mm_mer")
 def _gam_mm_mer(name: str, params: dict[str, Any]) -> MethodSpec:
-    task = str(params.get("task", "emotion"))
-    protocol = str(params.get("protocol", "loso"))
-    if (task, protocol) != ("emotion", "loso"):
-        raise MethodError(f"methods.{name}: GAM-MM-MER recognises emotions under LOSO (task: "
-                          f"emotion, protocol: loso), got task {task!r}, protocol {protocol!r}")
+    task, protocol = fixed_task(name, params, "emotion", "loso",
+                                "GAM-MM-MER recognises emotions under LOSO")
     cfg = gam_model_config(name, params)
     mode = str(params.get("input", "apex"))
     if mode not in INPUTS:

@@ -59,6 +59,7 @@ __all__ = [
     "MethodError",
     "build_method",
     "default_logits",
+    "fixed_task",
     "default_loss",
     "register",
     "registered_families",
@@ -228,6 +229,37 @@ def register(family: str) -> Callable:
 def _load_modules() -> None:
     for module in METHOD_MODULES:
         importlib.import_module(module)
+
+
+def fixed_task(name: str, params: Mapping[str, Any], task: str, protocol: str,
+               what: str) -> tuple[str, str]:
+    """The ``task`` and ``protocol`` of a family that supports exactly one pair.
+
+    Parameters
+    ----------
+    name : str
+        The method (section of ``methods:``), for the message.
+    params : mapping
+        The method's resolved section; absent keys take ``task`` / ``protocol``.
+    task, protocol : str
+        The one pair the family supports.
+    what : str
+        What the family does, for the message (e.g. ``"AC4AU detects AUs under CD6ME"``).
+
+    Returns
+    -------
+    (task, protocol)
+
+    Raises
+    ------
+    MethodError
+        If the section names another task or protocol.
+    """
+    got = (str(params.get("task", task)), str(params.get("protocol", protocol)))
+    if got != (task, protocol):
+        raise MethodError(f"methods.{name}: {what} (task: {task}, protocol: {protocol}), got task "
+                          f"{got[0]!r}, protocol {got[1]!r}")
+    return got
 
 
 def registered_families() -> list[str]:
