@@ -25,6 +25,7 @@ from pipeline.models.infusenet import (
     build_infusenet_variant,
     draw_pseudo_apex_offsets,
     minmax_normalise,
+    scale_latent,
 )
 
 S = 64  # flow / image side (px) in these tests; the latent is S/2
@@ -248,6 +249,50 @@ def test_latent_bn_option_applies_bn1() -> None:
         model(latent)
         expected = torch.relu(model.backbone.bn1(latent))
     torch.testing.assert_close(seen["x"], expected)
+
+
+def test_scale_latent_divides_each_sample_and_group_by_its_quantile() -> None:
+    x = torch.zeros(2, 4, 1, 10)
+    x[0, :2, 0] = torch.arange(1.0, 11.0)  # sample 0, group 0: |x| 1..10 (twice)
+    x[0, 2:, 0] = -torch.arange(1.0, 11.0) * 3.0  # group 1: 3..30, negative
+    x[1] = 0.0  # an all-zero latent stays zero
+    y = scale_latent(x, groups=2, quantile=0.9)  # 20 values per group: the 18th smallest
+    torch.testing.assert_close(y[0, :2], x[0, :2] / (9.0 + 1e-6))
+    torch.testing.assert_close(y[0, 2:], x[0, 2:] / (27.0 + 1e-6))
+    assert torch.equal(y[1], torch.zeros_like(y[1]))
+    with pytest.raises(ValueError, match="groups"):
+        scale_latent(x, groups=3)
+    with pytest.raises(ValueError, match="quantile"):
+        scale_latent(x, quantile=0.0)
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        scale_latent(x[0])
+
+
+@pytest.mark.parametrize("variant", ["resnet18_mag", "infusenet", "vit_tiny_mag"])
+def test_latent_norm_sample_makes_predictions_independent_of_latent_scale(variant: str) -> None:
+    model = build_infusenet_variant(variant, {"image_size": 32, "latent_norm": "sample"}).eval()
+    args = _inputs(model, batch=2)
+    i = model.input_names.index("latent")
+    scaled = list(args)
+    # per sample and per Mag() half: Mag(onset, apex) x 7 and Mag(onset, pseudo) x 0.1 in sample 0
+    factors = torch.tensor([[7.0] * 32 + [0.1] * 32, [0.5] * 64]).view(2, 64, 1, 1)
+    scaled[i] = args[i] * factors
+    with torch.no_grad():
+        torch.testing.assert_close(model(*scaled), model(*args), rtol=1e-4, atol=1e-4)
+    plain = build_infusenet_variant(variant, {"image_size": 32}).eval()
+    plain.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert not torch.allclose(plain(*scaled), plain(*args), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="latent_norm"):
+        build_infusenet_variant(variant, {"image_size": 32, "latent_norm": "batch"})
+
+
+def test_latent_norm_lets_gradients_reach_the_latent() -> None:
+    model = build_infusenet_variant("resnet18_mag", {"image_size": 32, "latent_norm": "sample"})
+    (latent,) = _inputs(model, batch=2)
+    latent.requires_grad_(True)
+    model(latent).sum().backward()
+    assert latent.grad is not None and latent.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("variant", ["infusenet", "resnet18_mag", "infusenet_vit"])

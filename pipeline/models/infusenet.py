@@ -87,12 +87,14 @@ __all__ = [
     "FlowInfusion",
     "InfuseNet",
     "InfuseNetConfig",
+    "LATENT_NORMS",
     "LateFusionNet",
     "SingleStreamNet",
     "build_infusenet_variant",
     "draw_pseudo_apex_offsets",
     "minmax_normalise",
     "resolve_eval_scope",
+    "scale_latent",
 ]
 
 #: The 12 CD6ME action units, in the order of the logits (Varanka et al. 2023; InfuseNet Table 1).
@@ -340,6 +342,11 @@ class InfuseNetConfig:
         Channels of the magnified latent Mag(onset, apex) ‖ Mag(onset, pseudo-apex) (2 × 32).
     latent_bn : bool
         Apply FrameMag's ``bn1`` to the latent before ``relu`` (ref. code: False).
+    latent_norm : {"none", "sample"}
+        ``"sample"`` divides each sample's Mag(onset, apex) and Mag(onset, pseudo-apex) by the
+        99th percentile of their absolute values (:func:`scale_latent`) before FrameMag; ``"none"`` feeds it as the magnifier
+        gives it (ref. code).  Ours: the stand-in's apex motions span a factor of ten, and so do
+        the latents' magnitudes (the ``flow_norm: sample`` of the flow input, for the latent).
     cnn_backbone : str
         Backbone of the ResNet variants (paper: ``resnet18``).
     vit_backbone : str
@@ -358,6 +365,7 @@ class InfuseNetConfig:
     norm_eps: float = 1e-6
     latent_channels: int = 64
     latent_bn: bool = False
+    latent_norm: str = "none"
     cnn_backbone: str = "resnet18"
     vit_backbone: str = "vit_tiny"
     latent_patch_size: int = 8
@@ -443,6 +451,51 @@ _SHAPE_NOTES = {
 }
 
 
+#: Settings of :attr:`InfuseNetConfig.latent_norm`.
+LATENT_NORMS = ("none", "sample")
+
+
+def scale_latent(latent: torch.Tensor, groups: int = 1, quantile: float = 0.99,
+                 eps: float = 1e-6) -> torch.Tensor:
+    """Divide each sample's latent by the ``quantile`` of its absolute values, per channel group.
+
+    Parameters
+    ----------
+    latent : Tensor of shape (B, C, H, W), floating point
+        Magnified latents (any scale).
+    groups : int
+        Consecutive channel groups scaled separately (InfuseNet: 2, Mag(onset, apex) and
+        Mag(onset, pseudo-apex)); C must be divisible by it.
+    quantile : float
+        In (0, 1]; the order statistic ``round(quantile * C*H*W)`` is used (no interpolation).
+    eps : float
+        Added to the scale, so that an all-zero latent stays zero.
+
+    Returns
+    -------
+    Tensor of the same shape and dtype.  The scale is detached: gradients reach the latent (e.g.
+    an end-to-end magnifier) through the division only.
+
+    Raises
+    ------
+    ValueError
+        If ``latent`` is not 4-D, its channels are not divisible by ``groups`` or ``quantile``
+        is outside (0, 1].
+    """
+    if latent.ndim != 4:
+        raise ValueError(f"latent must be (B, C, H, W), got shape {tuple(latent.shape)}")
+    b, c = latent.shape[:2]
+    if groups < 1 or c % groups:
+        raise ValueError(f"{c} latent channels do not split into {groups} groups")
+    if not 0.0 < quantile <= 1.0:
+        raise ValueError(f"quantile must be in (0, 1], got {quantile}")
+    flat = latent.detach().abs().reshape(b, groups, -1).float()
+    k = min(flat.shape[2], max(1, round(quantile * flat.shape[2])))
+    scale = flat.kthvalue(k, dim=2).values.to(latent.dtype)  # (B, groups)
+    scale = scale.repeat_interleave(c // groups, dim=1)
+    return latent / (scale.view(b, c, 1, 1) + eps)
+
+
 def _check_input(
     owner: str, kind: str, x: torch.Tensor, shape: tuple[int, int, int], dtype: torch.dtype
 ) -> torch.Tensor:
@@ -515,10 +568,14 @@ class _InputsMixin:
             raise ValueError(
                 f"{type(self).__name__} takes inputs {self.input_names}, got {len(inputs)} tensors"
             )
-        return [
+        out = [
             _check_input(type(self).__name__, n, x, self.input_shapes[n], dtype)
             for n, x in zip(self.input_names, inputs, strict=True)
         ]
+        if getattr(self, "cfg", None) is not None and self.cfg.latent_norm == "sample":
+            out = [scale_latent(x, groups=2) if n == "latent" else x
+                   for n, x in zip(self.input_names, out, strict=True)]
+        return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -923,6 +980,8 @@ def build_infusenet_variant(
     if name not in VARIANTS:
         raise ValueError(f"unknown InfuseNet variant {name!r}; expected one of {sorted(VARIANTS)}")
     config = cfg if isinstance(cfg, InfuseNetConfig) else InfuseNetConfig.from_mapping(cfg)
+    if config.latent_norm not in LATENT_NORMS:
+        raise ValueError(f"latent_norm must be one of {LATENT_NORMS}, got {config.latent_norm!r}")
     family, arch, kind = VARIANTS[name]
     backbone = config.cnn_backbone if family == "cnn" else config.vit_backbone
     if arch == "single":
