@@ -344,8 +344,8 @@ class InfuseNetConfig:
         Apply FrameMag's ``bn1`` to the latent before ``relu`` (ref. code: False).
     latent_norm : {"none", "sample"}
         ``"sample"`` divides each sample's Mag(onset, apex) and Mag(onset, pseudo-apex) by the
-        99th percentile of their absolute values (:func:`scale_latent`) before FrameMag; ``"none"`` feeds it as the magnifier
-        gives it (ref. code).  Ours: the stand-in's apex motions span a factor of ten, and so do
+        99th percentile of their absolute values (:func:`scale_latent`) before FrameMag;
+        ``"none"`` feeds the latent as the magnifier gives it (ref. code).  Ours: the stand-in's apex motions span a factor of ten, and so do
         the latents' magnitudes (the ``flow_norm: sample`` of the flow input, for the latent).
     cnn_backbone : str
         Backbone of the ResNet variants (paper: ``resnet18``).
@@ -559,6 +559,7 @@ def _run(modules: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
 
 
 class _InputsMixin:
+    cfg: InfuseNetConfig
     input_names: tuple[str, ...]
     input_shapes: dict[str, tuple[int, int, int]]
 
@@ -572,7 +573,7 @@ class _InputsMixin:
             _check_input(type(self).__name__, n, x, self.input_shapes[n], dtype)
             for n, x in zip(self.input_names, inputs, strict=True)
         ]
-        if getattr(self, "cfg", None) is not None and self.cfg.latent_norm == "sample":
+        if self.cfg.latent_norm == "sample":
             out = [scale_latent(x, groups=2) if n == "latent" else x
                    for n, x in zip(self.input_names, out, strict=True)]
         return out
