@@ -144,12 +144,14 @@ def test_trained_tiny_oh_reconstructs_frame_b_at_alpha_one(procedural_bank):
         return float(np.mean([psnr(o, t) for o, t in zip(out, held["c"], strict=True)]))
 
     before = identity_psnr()
-    info = train_magnifier("oh", net, pairs, {"iterations": 300, "batch_size": 4, "lr": 3e-3,
+    # lr 1e-3: at 3e-3 the outcome of 300 steps depended on the CPU (17.7-22.1 dB over init seeds
+    # on one machine, 13.7 dB after 600 steps); at 1e-3 it was 22.3-22.7 dB for init seeds 0-2
+    info = train_magnifier("oh", net, pairs, {"iterations": 300, "batch_size": 4, "lr": 1e-3,
                                               "lr_schedule": "cosine"}, torch.device("cpu"),
                            seed=0, progress=False)
     after = identity_psnr()
     assert info["loss_last"] < info["loss_first"]
-    # α = 1 gives the input frame b back, up to the auto-encoder's error: ~21 dB for this tiny
+    # α = 1 gives the input frame b back, up to the auto-encoder's error: ~22 dB for this tiny
     # network after 300 steps (the quick stage's network: alpha1_psnr_vs_b in the metrics)
     assert after > before + 5.0
     assert after > 19.0
