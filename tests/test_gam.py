@@ -22,7 +22,12 @@ from pipeline.models.gam_mer import (
     region_centres,
     region_set,
 )
-from pipeline.training.methods_gam import gam_inputs, photometric_jitter, pick_alphas
+from pipeline.training.methods_gam import (
+    gam_inputs,
+    photometric_jitter,
+    pick_alphas,
+    scaled_difference,
+)
 from pipeline.training.registry import MethodError, build_method
 from pipeline.training.run import RunPaths, run_method
 
@@ -206,7 +211,9 @@ def test_method_section_is_checked_and_inputs_follow_the_switches():
                        ({"model": {"depth": 2}}, "unknown keys"),
                        ({"augment": {"p_alpha": 2}}, "p_alpha"),
                        ({"augment": {"flip": 0.5}}, "unknown keys"),
-                       ({"magnifier": "evm"}, "stmemm or oh")):
+                       ({"magnifier": "evm"}, "stmemm or oh"),
+                       ({"diff_scale": "sample"}, "needs input: apex_onset"),
+                       ({"input": "apex_onset", "diff_scale": "batch"}, "diff_scale must be")):
         with pytest.raises(MethodError, match=match):
             build_method("gam", {**base, **bad})
 
@@ -232,6 +239,31 @@ def test_apex_onset_input_jitters_both_alike_and_feeds_six_channels():
     model = spec.build_model(ctx)
     assert model.cnn.features[0].in_channels == 6
     assert spec.forward(model.eval(), out).shape == (3, 3)
+
+
+def test_scaled_difference_is_per_sample_and_maps_the_99th_percentile_to_one():
+    torch.manual_seed(0)
+    onset = torch.rand(2, 3, 20, 20) * 0.5 + 0.25
+    step = torch.zeros(2, 3, 20, 20)
+    step[0, :, :, 10:] = 0.02                    # sample 0: 5 grey levels over half the frame
+    step[1] = torch.randn(3, 20, 20) * 0.1       # sample 1: a much larger, noisy difference
+    apex = onset + step
+    torch.testing.assert_close(scaled_difference(apex, onset, "none"), (step + 1) / 2)
+    out = scaled_difference(apex, onset, "sample")
+    # sample 0: its 99th percentile is 0.02, so the moved half maps to 1 and the rest to 0.5
+    assert torch.allclose(out[0, :, :, 10:], torch.ones(3, 20, 10), atol=1e-5)
+    assert torch.allclose(out[0, :, :, :10], torch.full((3, 20, 10), 0.5))
+    # per sample: the same output alone as beside the larger difference of sample 1
+    torch.testing.assert_close(scaled_difference(apex[:1], onset[:1], "sample"), out[:1])
+    assert 0.0 <= float(out.min()) and float(out.max()) <= 1.0
+    assert float((out[1] == 1.0).float().mean()) < 0.02     # only the top 1 % is clipped
+    # no difference: floored scale, stays at 0.5
+    torch.testing.assert_close(scaled_difference(onset, onset, "sample"),
+                               torch.full_like(onset, 0.5))
+    with pytest.raises(ValueError, match="diff_scale must be"):
+        scaled_difference(apex, onset, "tensor")
+    with pytest.raises(ValueError, match="differ"):
+        scaled_difference(apex, onset[:1], "none")
 
 
 # ---------------------------------------------------------------------------------------------

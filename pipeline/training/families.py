@@ -110,6 +110,7 @@ FAMILY_KEYS["gam_mm_mer"] = {
     "magnified": Bool(True),
     "crop_size": Int(112, min=1),
     "input": Str("apex", choices=("apex", "apex_onset")),
+    "diff_scale": Str("none", choices=("none", "sample")),
     "augment": Map({"alphas": List(Float(gt=0.0)), "p_alpha": Float(0.5, min=0.0, max=1.0),
                     "brightness": Float(0.0, min=0.0, max=0.999),
                     "contrast": Float(0.0, min=0.0, max=0.999),

@@ -52,6 +52,13 @@ Parameters (section ``methods.<name>``, ``family: gam_mm_mer``; besides the shar
     the difference keeps the magnified motion and drops the identity, the main nuisance of a
     single frame under LOSO (README, "GAM-MM-MER", measures both on the stand-in).  The same
     photometric jitter is applied to the apex and the onset.
+``diff_scale``
+    ``none`` (default): the difference enters as (apex − onset + 1) / 2, a few grey levels about
+    0.5 beside the apex's full range | ``sample``: ours, not in the paper, only with
+    ``input: apex_onset``: each sample's difference divided by the 99th percentile of its
+    absolute values over the frame (floored at 10⁻³) and clipped to [−1, 1] before the same
+    mapping, as ``train.flow_norm: sample`` scales a flow.  Per sample, so a prediction does not
+    depend on the other samples of its batch (:func:`scaled_difference`).
 ``augment``
     ``alphas`` (list, [] for none), ``p_alpha``, ``brightness``, ``contrast``, ``colour``.
 ``model``
@@ -83,7 +90,7 @@ from pipeline.training.registry import FoldContext, MethodError, MethodSpec, fix
 log = logging.getLogger("train")
 
 __all__ = ["GAM_MODEL_DEFAULTS", "gam_inputs", "gam_model_config", "photometric_jitter",
-           "pick_alphas"]
+           "pick_alphas", "scaled_difference"]
 
 #: Defaults of ``methods.<name>.model`` (module docstring; the network's open choices are in
 #: :mod:`pipeline.models.gam_mer`).
@@ -98,6 +105,7 @@ _AUGMENT_DEFAULTS: dict[str, Any] = {"alphas": [8, 10, 12, 15], "p_alpha": 0.5,
 
 FRAME, LANDMARKS, ONSET = "frame", "landmarks", "onset"
 INPUTS = ("apex", "apex_onset")
+DIFF_SCALES = ("none", "sample")
 
 
 def gam_model_config(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -241,6 +249,38 @@ def photometric_jitter(frames: Tensor, generator: torch.Generator, brightness: f
     return out.clamp_(0.0, 1.0)
 
 
+def scaled_difference(frames: Tensor, onsets: Tensor, scale: str) -> Tensor:
+    """The difference channels of ``input: apex_onset`` (module docstring, ``diff_scale``).
+
+    Parameters
+    ----------
+    frames, onsets : Tensor of shape (B, C, H, W), float in [0, 1]
+        Magnified apex frames and their onset crops.
+    scale : {"none", "sample"}
+        ``none``: (apex − onset + 1) / 2; ``sample``: the difference divided by the 99th
+        percentile of its absolute values per sample (floored at 1e-3), clipped to [−1, 1],
+        then mapped the same way.
+
+    Returns
+    -------
+    Tensor of shape (B, C, H, W), float in [0, 1]
+
+    Raises
+    ------
+    ValueError
+        On an unknown ``scale`` or mismatched shapes.
+    """
+    if scale not in DIFF_SCALES:
+        raise ValueError(f"diff_scale must be one of {DIFF_SCALES}, got {scale!r}")
+    if frames.shape != onsets.shape:
+        raise ValueError(f"apex {tuple(frames.shape)} and onset {tuple(onsets.shape)} differ")
+    diff = frames - onsets
+    if scale == "sample":
+        q = torch.quantile(diff.abs().flatten(1).float(), 0.99, dim=1).clamp_min(1e-3)
+        diff = (diff / q.to(diff.dtype).view(-1, *([1] * (diff.ndim - 1)))).clamp(-1.0, 1.0)
+    return (diff + 1) / 2
+
+
 @register("gam_mm_mer")
 def _gam_mm_mer(name: str, params: dict[str, Any]) -> MethodSpec:
     task, protocol = fixed_task(name, params, "emotion", "loso",
@@ -251,6 +291,13 @@ def _gam_mm_mer(name: str, params: dict[str, Any]) -> MethodSpec:
         raise MethodError(f"methods.{name}.input must be one of {INPUTS}, got {mode!r}")
     if mode == "apex_onset" and not bool(params.get("magnified", True)):
         raise MethodError(f"methods.{name}: input apex_onset needs magnified: true")
+    diff_scale = str(params.get("diff_scale", "none"))
+    if diff_scale not in DIFF_SCALES:
+        raise MethodError(f"methods.{name}.diff_scale must be one of {DIFF_SCALES}, got "
+                          f"{diff_scale!r}")
+    if diff_scale != "none" and mode != "apex_onset":
+        raise MethodError(f"methods.{name}: diff_scale {diff_scale} scales the apex − onset "
+                          "difference and needs input: apex_onset")
     inputs, alphas = gam_inputs(name, params)
     augment = {**_AUGMENT_DEFAULTS, **(params.get("augment") or {})}
     unknown = sorted(set(augment) - set(_AUGMENT_DEFAULTS))
@@ -291,7 +338,8 @@ def _gam_mm_mer(name: str, params: dict[str, Any]) -> MethodSpec:
     def forward(model: GAMMER, batch: Mapping[str, Tensor]) -> Tensor:
         frames = batch[FRAME]
         if mode == "apex_onset":
-            frames = torch.cat([frames, (frames - batch[ONSET] + 1) / 2], dim=1)
+            frames = torch.cat([frames, scaled_difference(frames, batch[ONSET], diff_scale)],
+                               dim=1)
         return model(frames, batch[LANDMARKS])
 
     log.info("%s: %d regions (%s), %d directed edges (%s graph), %d %s layers, inputs %s",
