@@ -276,7 +276,9 @@ def scaled_difference(frames: Tensor, onsets: Tensor, scale: str) -> Tensor:
         raise ValueError(f"apex {tuple(frames.shape)} and onset {tuple(onsets.shape)} differ")
     diff = frames - onsets
     if scale == "sample":
-        q = torch.quantile(diff.abs().flatten(1).float(), 0.99, dim=1).clamp_min(1e-3)
+        # one sample at a time: torch.quantile refuses inputs of more than 2^24 elements
+        q = torch.stack([torch.quantile(d, 0.99) for d in diff.abs().flatten(1).float()])
+        q = q.clamp_min(1e-3)
         diff = (diff / q.to(diff.dtype).view(-1, *([1] * (diff.ndim - 1)))).clamp(-1.0, 1.0)
     return (diff + 1) / 2
 
