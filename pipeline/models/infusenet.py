@@ -90,6 +90,7 @@ __all__ = [
     "LATENT_NORMS",
     "LateFusionNet",
     "SingleStreamNet",
+    "abs_quantile",
     "build_infusenet_variant",
     "draw_pseudo_apex_offsets",
     "minmax_normalise",
@@ -455,6 +456,32 @@ _SHAPE_NOTES = {
 LATENT_NORMS = ("none", "sample")
 
 
+def abs_quantile(x: torch.Tensor, quantile: float = 0.99) -> torch.Tensor:
+    """The ``quantile`` of ``|x|`` over the last axis: order statistic ``round(quantile * N)``.
+
+    Parameters
+    ----------
+    x : Tensor of shape (..., N), floating point
+    quantile : float
+        In (0, 1]; no interpolation (``Tensor.kthvalue``, which, unlike ``torch.quantile``, has
+        no limit on the input size).
+
+    Returns
+    -------
+    Tensor of shape (...), float32, detached.
+
+    Raises
+    ------
+    ValueError
+        If ``quantile`` is outside (0, 1].
+    """
+    if not 0.0 < quantile <= 1.0:
+        raise ValueError(f"quantile must be in (0, 1], got {quantile}")
+    flat = x.detach().abs().float()
+    k = min(flat.shape[-1], max(1, round(quantile * flat.shape[-1])))
+    return flat.kthvalue(k, dim=-1).values
+
+
 def scale_latent(latent: torch.Tensor, groups: int = 1, quantile: float = 0.99,
                  eps: float = 1e-6) -> torch.Tensor:
     """Divide each sample's latent by the ``quantile`` of its absolute values, per channel group.
@@ -487,11 +514,7 @@ def scale_latent(latent: torch.Tensor, groups: int = 1, quantile: float = 0.99,
     b, c = latent.shape[:2]
     if groups < 1 or c % groups:
         raise ValueError(f"{c} latent channels do not split into {groups} groups")
-    if not 0.0 < quantile <= 1.0:
-        raise ValueError(f"quantile must be in (0, 1], got {quantile}")
-    flat = latent.detach().abs().reshape(b, groups, -1).float()
-    k = min(flat.shape[2], max(1, round(quantile * flat.shape[2])))
-    scale = flat.kthvalue(k, dim=2).values.to(latent.dtype)  # (B, groups)
+    scale = abs_quantile(latent.reshape(b, groups, -1), quantile).to(latent.dtype)  # (B, groups)
     scale = scale.repeat_interleave(c // groups, dim=1)
     return latent / (scale.view(b, c, 1, 1) + eps)
 

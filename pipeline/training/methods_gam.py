@@ -83,6 +83,7 @@ import torch
 from torch import Tensor
 
 from pipeline.models.gam_mer import GAMMER, graph_edges, region_set
+from pipeline.models.infusenet import abs_quantile
 from pipeline.training.data import InputSpec
 from pipeline.training.methods_infusenet import alpha_tag
 from pipeline.training.registry import FoldContext, MethodError, MethodSpec, fixed_task, register
@@ -258,7 +259,8 @@ def scaled_difference(frames: Tensor, onsets: Tensor, scale: str) -> Tensor:
         Magnified apex frames and their onset crops.
     scale : {"none", "sample"}
         ``none``: (apex − onset + 1) / 2; ``sample``: the difference divided by the 99th
-        percentile of its absolute values per sample (floored at 1e-3), clipped to [−1, 1],
+        percentile of its absolute values per sample (the order statistic of
+        :func:`pipeline.models.infusenet.abs_quantile`, floored at 1e-3), clipped to [−1, 1],
         then mapped the same way.
 
     Returns
@@ -276,9 +278,7 @@ def scaled_difference(frames: Tensor, onsets: Tensor, scale: str) -> Tensor:
         raise ValueError(f"apex {tuple(frames.shape)} and onset {tuple(onsets.shape)} differ")
     diff = frames - onsets
     if scale == "sample":
-        # one sample at a time: torch.quantile refuses inputs of more than 2^24 elements
-        q = torch.stack([torch.quantile(d, 0.99) for d in diff.abs().flatten(1).float()])
-        q = q.clamp_min(1e-3)
+        q = abs_quantile(diff.flatten(1), 0.99).clamp_min(1e-3)
         diff = (diff / q.to(diff.dtype).view(-1, *([1] * (diff.ndim - 1)))).clamp(-1.0, 1.0)
     return (diff + 1) / 2
 
