@@ -15,6 +15,7 @@ from pipeline.models.backbones import (
     PretrainedWeightsError,
     adapt_first_conv_weight,
     build_backbone,
+    feature_dim,
 )
 from pipeline.models.infusenet import (
     CD6ME_AUS,
@@ -450,6 +451,45 @@ def test_local_resnet_weights_round_trip(tmp_path) -> None:
     wrapped = tmp_path / "wrapped.pt"
     torch.save({"state_dict": {f"module.{k}": v for k, v in ref.items()}}, wrapped)
     torch.testing.assert_close(build_backbone("resnet18", 3, wrapped).bn1.weight, ref["bn1.weight"])
+
+
+def test_resnet_widths_change_layers_not_stem_or_depth() -> None:
+    narrow = build_backbone("resnet18", num_classes=12, widths=(64, 96, 128, 192))
+    assert narrow.conv1.out_channels == 64
+    assert [getattr(narrow, f"layer{i}")[-1].conv2.out_channels for i in (1, 2, 3, 4)] == [
+        64, 96, 128, 192]
+    assert [len(getattr(narrow, f"layer{i}")) for i in (1, 2, 3, 4)] == [2, 2, 2, 2]
+    assert narrow.layer2[0].conv1.stride == (2, 2) and narrow.fc.in_features == 192
+    assert narrow(torch.randn(2, 3, 32, 32)).shape == (2, 12)
+    n_params = sum(p.numel() for p in narrow.parameters())
+    assert n_params < sum(p.numel() for p in build_backbone("resnet18").parameters()) / 4
+    # He-normal convolutions and unit BatchNorm, as torchvision initialises its own
+    assert torch.equal(narrow.layer3[0].bn1.weight.detach(), torch.ones(128))
+    w = narrow.layer4[1].conv2.weight
+    assert float(w.detach().std()) == pytest.approx((2 / (192 * 9)) ** 0.5, rel=0.1)
+
+    r50 = build_backbone("resnet50", widths=(16, 32, 64, 128))
+    assert feature_dim("resnet50", (16, 32, 64, 128)) == 512
+    assert r50(torch.randn(1, 3, 64, 64)).shape == (1, 512)
+    assert feature_dim("resnet18", (64, 128, 256, 512)) == 512  # the library's own widths
+
+    with pytest.raises(ValueError, match="ImageNet weights need"):
+        build_backbone("resnet18", widths=(64, 96, 128, 192), pretrained=True)
+    with pytest.raises(ValueError, match="ResNets only"):
+        build_backbone("vit_tiny", widths=(64, 96, 128, 192))
+    with pytest.raises(ValueError, match="four positive"):
+        build_backbone("resnet18", widths=(64, 96, 128))
+
+
+def test_infusenet_cnn_widths_reach_both_streams_and_the_head() -> None:
+    cfg = InfuseNetConfig.from_mapping({"image_size": S, "cnn_widths": [64, 32, 48, 40]})
+    for variant in ("resnet18_mag", "late_fusion", "infusenet"):
+        model = build_infusenet_variant(variant, cfg)
+        streams = [m for m in (getattr(model, n, None) for n in ("backbone", "frame_flow",
+                                                               "frame_mag")) if m is not None]
+        assert all(m.layer4[-1].conv2.out_channels == 40 for m in streams)
+        assert model.head.in_features == 40 * len(streams if variant == "late_fusion" else [0])
+        assert model(*_inputs(model)).shape == (B, len(CD6ME_AUS))
 
 
 def test_first_conv_adaptation_keeps_grey_response() -> None:

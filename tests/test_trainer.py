@@ -16,7 +16,13 @@ from pipeline.training.data import FeatureStore, InputSpec, preprocess_flow, rea
 from pipeline.training.protocols import CD6ME_AUS, EMOTION_TASKS, fold_seed
 from pipeline.training.registry import MethodError, build_method, class_weights_inverse
 from pipeline.training.run import RunPaths, run_method
-from pipeline.training.trainer import TrainSettings, flow_hflip, make_scheduler, resolve_device
+from pipeline.training.trainer import (
+    TrainSettings,
+    flow_hflip,
+    make_optimizer,
+    make_scheduler,
+    resolve_device,
+)
 
 AU_KEYS = {"task", "protocol", "data", "f1_mean", "f1_per_au", "f1_per_database",
            "f1_database_mean", "n_samples", "auc_mean", "auc_per_au"}
@@ -199,6 +205,27 @@ def test_settings_schedulers_and_weights():
     assert resolve_device("cpu").type == "cpu"
     np.testing.assert_allclose(class_weights_inverse(np.array([0, 0, 0, 1, 2, 2]), 4),
                                [1.0, 3.0, 1.5, 0.0])
+
+
+def test_fused_adam_matches_the_per_tensor_update():
+    torch.manual_seed(0)
+    for name in ("adam", "adamw"):
+        a, b = torch.nn.Linear(5, 3), torch.nn.Linear(5, 3)
+        b.load_state_dict(a.state_dict())
+        start = a.weight.detach().clone()
+        cfg = {"name": name, "lr": 0.01, "weight_decay": 0.1}
+        fused = make_optimizer(a, cfg)
+        assert fused.defaults["fused"] is True
+        cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+        plain = cls(b.parameters(), lr=0.01, weight_decay=0.1, fused=False, foreach=False)
+        x = torch.randn(8, 5)
+        for _ in range(3):
+            for model, opt in ((a, fused), (b, plain)):
+                opt.zero_grad()
+                model(x).square().mean().backward()
+                opt.step()
+        torch.testing.assert_close(a.weight, b.weight)
+        assert (a.weight - start).abs().min() > 1e-3  # three steps of lr 0.01 moved every weight
 
 
 def test_train_stage_cli(synth, tmp_path, monkeypatch):

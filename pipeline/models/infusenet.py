@@ -350,6 +350,10 @@ class InfuseNetConfig:
         the latents' magnitudes (the ``flow_norm: sample`` of the flow input, for the latent).
     cnn_backbone : str
         Backbone of the ResNet variants (paper: ``resnet18``).
+    cnn_widths : tuple of 4 int or None
+        Output channels of ``layer1`` ... ``layer4`` of both ResNet streams (None: the library's
+        64/128/256/512, the paper's).  Ours, for quick CPU runs: the 64-channel stem the latent
+        replaces is kept (:func:`pipeline.models.backbones.build_backbone`).
     vit_backbone : str
         Backbone of the ViT variants (``vit_tiny`` = timm ``vit_tiny_patch16_224``).
     latent_patch_size : int
@@ -368,6 +372,7 @@ class InfuseNetConfig:
     latent_bn: bool = False
     latent_norm: str = "none"
     cnn_backbone: str = "resnet18"
+    cnn_widths: tuple[int, ...] | None = None
     vit_backbone: str = "vit_tiny"
     latent_patch_size: int = 8
     vit_infusion_blocks: tuple[int, ...] = (2, 5, 8, 11)
@@ -388,6 +393,8 @@ class InfuseNetConfig:
             raise ValueError(
                 f"unknown InfuseNet model settings {unknown}; expected keys among {sorted(names)}"
             )
+        if cfg.get("cnn_widths") is not None:
+            cfg["cnn_widths"] = tuple(int(w) for w in cfg["cnn_widths"])
         if "vit_infusion_blocks" in cfg:
             cfg["vit_infusion_blocks"] = tuple(int(b) for b in cfg["vit_infusion_blocks"])
         if isinstance(cfg.get("pretrained"), os.PathLike):
@@ -423,7 +430,7 @@ def _build_stream(backbone: str, input_kind: str, cfg: InfuseNetConfig, *, vit: 
         return build_backbone(backbone, 3, cfg.pretrained, num_classes=0, image_size=size)
     if size % 2:
         raise ValueError(f"image_size must be even (the latent is image_size/2), got {size}")
-    net = build_backbone(backbone, 3, cfg.pretrained, num_classes=0)
+    net = build_backbone(backbone, 3, cfg.pretrained, num_classes=0, widths=cfg.cnn_widths)
     if input_kind == "latent":
         if cfg.latent_channels != net.conv1.out_channels:
             raise ValueError(
@@ -437,6 +444,11 @@ def _build_stream(backbone: str, input_kind: str, cfg: InfuseNetConfig, *, vit: 
             # (e.g. a batch shared with the pre-loaded features); the blocks have their own ReLUs
             net.relu = nn.ReLU(inplace=False)
     return net
+
+
+def _stream_features(backbone: str, cfg: InfuseNetConfig, vit: bool) -> int:
+    """Pooled feature width D of one stream (ResNet18: 512, or ``cnn_widths[-1]``)."""
+    return feature_dim(backbone, None if vit else cfg.cnn_widths)
 
 
 def _input_shape(kind: str, cfg: InfuseNetConfig) -> tuple[int, int, int]:
@@ -637,7 +649,7 @@ class SingleStreamNet(_InputsMixin, nn.Module):
         self.image_size = cfg.image_size
         vit = backbone_family(backbone) == "vit"
         self.backbone = _build_stream(backbone, input_kind, cfg, vit=vit)
-        self.head = nn.Linear(feature_dim(backbone), cfg.num_classes)
+        self.head = nn.Linear(_stream_features(backbone, cfg, vit), cfg.num_classes)
         self.input_names = (input_kind,)
         self.input_shapes = {input_kind: _input_shape(input_kind, cfg)}
 
@@ -677,7 +689,7 @@ class _TwoStreamBase(_InputsMixin, nn.Module):
         self.frame_mag = _build_stream(backbone, mag_input, cfg, vit=self.vit)
         self.input_names = ("flow", mag_input)
         self.input_shapes = {k: _input_shape(k, cfg) for k in self.input_names}
-        self.n_features = feature_dim(backbone)
+        self.n_features = _stream_features(backbone, cfg, self.vit)
 
 
 class LateFusionNet(_TwoStreamBase):

@@ -166,12 +166,13 @@ def _resnet_flow(name: str, params: dict[str, Any]) -> MethodSpec:
     if arch not in ("resnet18", "resnet34", "resnet50"):
         raise MethodError(f"methods.{name}.arch must be resnet18, resnet34 or resnet50, got {arch!r}")
     pretrained = params.get("pretrained", False)
+    widths = params.get("widths")
 
     def build(ctx: FoldContext):
         from pipeline.models.backbones import build_backbone
 
         return build_backbone(arch, in_channels=3, pretrained=pretrained,
-                              num_classes=ctx.n_outputs)
+                              num_classes=ctx.n_outputs, widths=widths)
 
     return MethodSpec(task=task, protocol=protocol, inputs=_flow_input(params),
                       build_model=build, train_transform=_hflip(params))

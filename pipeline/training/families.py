@@ -53,6 +53,8 @@ FAMILY_KEYS["sssnet"] = {
 FAMILY_KEYS["resnet_flow"] = {
     "arch": Str("resnet18", choices=("resnet18", "resnet34", "resnet50")),
     "pretrained": PRETRAINED,
+    # layer1..layer4 output channels; null: torchvision's 64/128/256/512 (ImageNet weights need them)
+    "widths": List(Int(min=1), length=4, nullable=True),
     "input_size": Int(224, min=8),
     "flow_pair": FLOW_PAIR,
     "augment": AUGMENT_HFLIP,
