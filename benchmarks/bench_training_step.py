@@ -12,28 +12,35 @@ These steps are most of the quick ``dvc repro``'s wall time (issue #12).
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.models.backbones import build_backbone  # noqa: E402
-from pipeline.models.infusenet import InfuseNetConfig, build_infusenet_variant  # noqa: E402
 from pipeline.params import load, section  # noqa: E402
+from pipeline.training.protocols import CD6ME_AUS, Fold  # noqa: E402
+from pipeline.training.registry import FoldContext, build_method  # noqa: E402
 from pipeline.training.trainer import make_optimizer  # noqa: E402
 
 
 def _network(method: str, params: dict, widths: object) -> torch.nn.Module:
-    size = int(params["input_size"])
+    """The network ``train@<method>`` builds (the method registry), at ``widths``."""
+    params = copy.deepcopy(params)
     if params["family"] == "resnet_flow":
-        return build_backbone(params["arch"], num_classes=12, widths=widths)
-    model = dict(params.get("model") or {})
-    model.update(image_size=size, cnn_widths=widths)
-    return build_infusenet_variant(method, InfuseNetConfig.from_mapping(model))
+        params["widths"] = widths
+    else:
+        params.setdefault("model", {})["cnn_widths"] = widths
+    fold = Fold("bench", "none", "cd6me", np.zeros(0, np.int64), np.zeros(0, np.int64))
+    ctx = FoldContext(method=method, task=params["task"], fold=fold, n_outputs=12,
+                      class_names=tuple(CD6ME_AUS), train_targets=np.zeros((0, 12)),
+                      train_subjects=(), seed=0, params=params, device=torch.device("cpu"))
+    return build_method(method, params).build_model(ctx)
 
 
 def _inputs(net: torch.nn.Module, size: int, batch: int) -> list[torch.Tensor]:
