@@ -15,7 +15,7 @@ import yaml
 from pipeline.training.data import FeatureStore, InputSpec, preprocess_flow, read_samples
 from pipeline.training.protocols import CD6ME_AUS, EMOTION_TASKS, fold_seed
 from pipeline.training.registry import MethodError, build_method, class_weights_inverse
-from pipeline.training.run import RunPaths, run_method
+from pipeline.training.run import RunPaths, run_method, score_columns
 from pipeline.training.trainer import (
     TrainSettings,
     flow_hflip,
@@ -106,6 +106,22 @@ def test_constant_emotion_majority_and_prevalence(synth, tmp_path):
     prev, _ = _run("prev", {"family": "constant", "rule": "prevalence", "task": "emotion",
                             "protocol": "loso", "tasks": ["smic-3"]}, synth, tmp_path)
     assert set(prev["results"]) == {"smic-3"}
+
+
+def test_score_columns_keep_decisions_through_csv(tmp_path):
+    """A probability one float32 step below 0.5 stays below the threshold in predictions.csv
+    (six rounded decimals had written it as 0.5, against its decision 0)."""
+    below = np.nextafter(np.float32(0.5), np.float32(0))
+    scores = np.array([[below, 0.5, 1e-9], [0.25, 0.999999, 0.7]], np.float32).astype(np.float64)
+    frame = score_columns(scores, ["AU1", "AU2", "AU4"], pd.Index([7, 9]))
+    assert list(frame.columns) == ["score_AU1", "score_AU2", "score_AU4"]
+    assert list(frame.index) == [7, 9] and (frame.dtypes == np.float32).all()
+    frame.to_csv(tmp_path / "p.csv", index=False)
+    back = pd.read_csv(tmp_path / "p.csv").to_numpy()
+    np.testing.assert_array_equal(back >= 0.5, scores >= 0.5)
+    np.testing.assert_array_equal(back.astype(np.float32), scores.astype(np.float32))
+    with pytest.raises(ValueError, match="3 names"):
+        score_columns(scores[:, :2], ["AU1", "AU2", "AU4"])
 
 
 def test_registry_errors():

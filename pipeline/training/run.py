@@ -28,7 +28,9 @@ predictor), and writes:
   user's clip (``final_model``; :mod:`pipeline.training.final`).
 
 Scores: AU probabilities (sigmoid) thresholded at ``threshold`` (0.5); emotion: class
-probabilities, prediction = argmax.
+probabilities, prediction = argmax.  ``predictions.csv`` holds them at the network's float32
+precision (the shortest text that reads back to the same float32), so the file's decisions follow
+from its scores: rounding to six decimals turned a score of 0.49999997 (decision 0) into 0.5.
 """
 
 from __future__ import annotations
@@ -272,6 +274,38 @@ def _write_curves(paths: RunPaths, curves: list[dict[str, Any]]) -> None:
         mean.to_csv(tmp, index=False, float_format="%.6g")
 
 
+def score_columns(scores: np.ndarray, names: Sequence[str], index: pd.Index | None = None
+                  ) -> pd.DataFrame:
+    """The ``score_<name>`` columns of ``predictions.csv``.
+
+    Parameters
+    ----------
+    scores : np.ndarray
+        (n, len(names)) probabilities; float32 values, in any float dtype.
+    names : sequence of str
+        AU or class names, in column order.
+    index : pd.Index, optional
+        Row index of the frame the columns join (default 0…n−1).
+
+    Returns
+    -------
+    pd.DataFrame
+        float32 columns ``score_<name>``.  pandas writes a float32 as the shortest
+        text that reads back to the same float32, so a score just below the 0.5 threshold stays
+        below it in the file (six rounded decimals made 0.49999997 read as 0.5).
+
+    Raises
+    ------
+    ValueError
+        If ``scores`` is not 2-D with one column per name.
+    """
+    scores = np.asarray(scores)
+    if scores.ndim != 2 or scores.shape[1] != len(names):
+        raise ValueError(f"scores of shape {scores.shape} for {len(names)} names")
+    return pd.DataFrame({f"score_{c}": scores[:, j].astype(np.float32)
+                         for j, c in enumerate(names)}, index=index)
+
+
 def _run_cd6me(name: str, spec: MethodSpec, settings: TrainSettings, params: Mapping[str, Any],
                samples: pd.DataFrame, features_dir: str | os.PathLike, paths: RunPaths,
                label: str, seed: int, device: torch.device) -> dict[str, Any]:
@@ -313,8 +347,7 @@ def _run_cd6me(name: str, spec: MethodSpec, settings: TrainSettings, params: Map
         pred[f"true_{au}"] = y_true[:, j]
     for j, au in enumerate(aus):
         pred[f"pred_{au}"] = decisions[:, j]
-    for j, au in enumerate(aus):
-        pred[f"score_{au}"] = np.round(scores[:, j], 6)
+    pred = pd.concat([pred, score_columns(scores, aus, pred.index)], axis=1)
     with atomic_path(paths.metrics / "predictions.csv", suffix=".csv") as tmp:
         pred.to_csv(tmp, index=False)
     _write_curves(paths, curves)
@@ -396,8 +429,8 @@ def _run_loso(name: str, spec: MethodSpec, settings: TrainSettings, params: Mapp
                               "database": table["database"], "fold": fold_of,
                               "true": [task.classes[i] for i in y],
                               "pred": [task.classes[i] for i in decisions]})
-        for j, c in enumerate(task.classes):
-            frame[f"score_{c}"] = np.round(scores[:, j], 6)
+        frame = pd.concat([frame, score_columns(scores, task.classes, frame.index)],
+                          axis=1)
         rows.append(frame)
     pred = pd.concat(rows, ignore_index=True)
     pred = pred[["task", "sample_id", "database", "fold", "true", "pred",
