@@ -368,7 +368,8 @@ def test_params_and_dvc_yaml_wire_train_gam_mm_mer():
     assert resolve(section, "paper")["crop_size"] == resolve(params["patches"], "paper")["size"]
     dvc = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
     assert dvc["train"]["foreach"]["gam_mm_mer"] == {"in1": "data/features/magnified.h5",
-                                                     "in2": "data/features/patches.h5"}
+                                                     "in2": "data/features/patches.h5",
+                                                     "in3": "data/features/magnified.h5"}
     assert "data/features/magnified.h5" in dvc["patches"]["deps"]
     assert {"metrics/gam_mm_mer.json", "metrics/gam_mm_mer"} <= set(dvc["report"]["deps"])
     pub = published_for(section["published"])

@@ -34,7 +34,7 @@ from pipeline.training.methods_infusenet import (
 )
 from pipeline.training.protocols import CD6ME_AUS, cd6me_table
 from pipeline.training.registry import MethodError, build_method
-from pipeline.training.run import RunPaths, run_method
+from pipeline.training.run import RunPaths, method_params, run_method
 
 SIZE = 32  # cache side and model input side (px); the latent is 16 x 16
 TINY = {"family": "infusenet", "task": "au", "protocol": "cd6me", "epochs": 1, "batch_size": 16,
@@ -470,6 +470,11 @@ def test_published_keys_are_the_report_entries():
         if section.get("family") == "infusenet":
             variant = section.get("variant", name)
             assert section.get("published") == PUBLISHED_KEYS.get(variant), name
+            # METHODS.md, InfuseNet: Adam 1e-3, ExponentialLR γ 0.9, 50 epochs (quick may differ)
+            paper = method_params({**params, "config": "paper"}, name)
+            assert paper["optimizer"] == {"name": "adam", "lr": 0.001}, name
+            assert paper["scheduler"] == {"name": "exponential", "gamma": 0.9}, name
+            assert paper["epochs"] == 50, name
 
 
 # ------------------------------------------------------------------------------------------

@@ -273,8 +273,11 @@ def test_ablation_switches_and_the_apex_flow_source(synth, tmp_path):
     spec = build_method("sb", params)
     assert [(i.cache, i.dataset) for i in spec.inputs][1:] == [("flow", "onset_apex"),
                                                                ("flow", "offset_apex")]
-    # flow.h5 of the synthetic build has no offset_apex: the run names the missing dataset
-    with pytest.raises(Exception, match="offset_apex"):
+    # flow.h5 of the synthetic build has no offset_apex (as in quick): the run names the missing
+    # dataset and where to ask for it
+    from pipeline.features.cache import CacheError
+
+    with pytest.raises(CacheError, match=r"no dataset 'offset_apex'.*flow\.pairs"):
         run_method("sb", params, samples, feats,
                    RunPaths(tmp_path / "a", tmp_path / "b", tmp_path / "c.json"),
                    "standin-quick", seed=0)
@@ -357,7 +360,8 @@ def test_params_and_dvc_yaml_wire_train_mimicking():
     assert resolve(params["flow_mag"], "paper")["size"] == 224
     dvc = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
     assert dvc["train"]["foreach"]["mimicking"] == {"in1": "data/features/flow_mag.h5",
-                                                    "in2": "data/features/magnified.h5"}
+                                                    "in2": "data/features/magnified.h5",
+                                                    "in3": "data/features/flow.h5"}
     assert {"metrics/mimicking.json", "metrics/mimicking"} <= set(dvc["report"]["deps"])
     assert "data/features/magnified.h5" in dvc["flow_mag"]["deps"]
     assert dvc["flow_mag"]["outs"][0] == "data/features/flow_mag.h5"

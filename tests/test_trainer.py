@@ -15,7 +15,7 @@ import yaml
 from pipeline.training.data import FeatureStore, InputSpec, preprocess_flow, read_samples
 from pipeline.training.protocols import CD6ME_AUS, EMOTION_TASKS, fold_seed
 from pipeline.training.registry import MethodError, build_method, class_weights_inverse
-from pipeline.training.run import RunPaths, run_method, score_columns
+from pipeline.training.run import RunPaths, method_params, run_method, score_columns
 from pipeline.training.trainer import (
     TrainSettings,
     flow_hflip,
@@ -122,6 +122,33 @@ def test_score_columns_keep_decisions_through_csv(tmp_path):
     np.testing.assert_array_equal(back.astype(np.float32), scores.astype(np.float32))
     with pytest.raises(ValueError, match="3 names"):
         score_columns(scores[:, :2], ["AU1", "AU2", "AU4"])
+
+
+@pytest.mark.parametrize("config", ["quick", "paper"])
+def test_every_method_input_is_a_dvc_dependency_and_computed(config):
+    """Each train@<method> lists the feature files its inputs read among its DVC deps, and every
+    flow.h5 pair a method reads is in flow.pairs of the same configuration (else DVC would not
+    re-run it when they change, or the run would stop on a missing dataset)."""
+    project = Path(__file__).resolve().parents[1]
+    params = {**yaml.safe_load((project / "params.yaml").read_text()), "config": config}
+    stage = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]["train"]
+    items = stage["foreach"]
+    slots = [d for d in stage["do"]["deps"] if d.startswith("${item.")]
+    assert set(items) == set(params["methods"]) and slots
+    from pipeline.params import section
+
+    pairs = set(section("flow", params)["pairs"])
+    for name in params["methods"]:
+        spec = build_method(name, method_params(params, name))
+        deps = {items[name][s[len("${item."):-1]] for s in slots}
+        for i in spec.inputs:
+            assert f"data/features/{i.cache}.h5" in deps, (name, i.cache)
+            if i.cache == "flow":
+                assert i.dataset.split("/")[0] in pairs, (name, i.dataset)
+    apex = build_method("mimicking", {**method_params(params, "mimicking"), "flow_source": "apex"})
+    assert {(i.cache, i.dataset) for i in apex.inputs} >= {("flow", "offset_apex")}
+    assert "data/features/flow.h5" in items["mimicking"].values()
+    assert ("offset_apex" in pairs) == (config == "paper")  # quick: onset_apex only
 
 
 def test_registry_errors():

@@ -280,7 +280,10 @@ class FeatureStore:
                 from pipeline.features.cache import CacheError
 
                 raise CacheError(f"{cache.path}: no dataset {spec.dataset!r} for input "
-                                 f"{spec.key!r}; has {sorted(cache.datasets)}")
+                                 f"{spec.key!r}; has {sorted(cache.datasets)}.  The stage "
+                                 f"writing {cache.path.name} decides what it holds (e.g. "
+                                 "flow.pairs, magnify.frames in params.yaml): add it there and "
+                                 "re-run that stage")
         self.available = np.array(
             [all(sid in c for c in self.caches.values()) for sid in self.sample_ids], dtype=bool)
         self.missing = [s for s, ok in zip(self.sample_ids, self.available, strict=True) if not ok]
