@@ -91,11 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         size = int(p["input_size"])
         quick = _network(method, p, widths)
         x = _inputs(quick, size, args.batch)
-        q_ms, fused_ms = _ms_per_step(quick, x, args.steps)
+        q_ms, _ = _ms_per_step(quick, x, args.steps)
         wide = _network(method, p, None)
-        w_ms, _ = _ms_per_step(wide, x, args.steps)
+        w_ms, wide_fused_ms = _ms_per_step(wide, x, args.steps)
         _, loop_ms = _ms_per_step(wide, x, args.steps, fused=False)
-        _, wide_fused_ms = _ms_per_step(wide, x, args.steps)
         label = "x".join(str(w) for w in widths) if widths else "torchvision"
         print(f"{method:<18}{size:>4}  {q_ms:>7.0f} ms {label:>11}  {w_ms:>5.0f} ms  "
               f"{wide_fused_ms:>7.1f} ms  {loop_ms:>6.1f} ms")
