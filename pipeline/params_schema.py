@@ -276,6 +276,7 @@ SECTIONS: dict[str, Key] = {
     "flow_mag": Map({  # pipeline/features/flow_mag.py (annotation-mimicking On-A / Off-A flows)
         "magnifier": Str("oh", choices=("oh", "stmemm")), "alpha": Float(6, gt=0.0),
         "size": Int(64, min=8), "max_failed_share": SHARE,
+        "databases": List(Str(choices=DATABASES), nullable=True),
     }),
     "aucam": Map({  # stages/aucam.py (Ruan et al.'s AU-CAM figure)
         "method": Str("mimicking", what="a methods: section"),

@@ -477,6 +477,37 @@ def test_published_keys_are_the_report_entries():
             assert paper["epochs"] == 50, name
 
 
+def test_quick_resnet_variants_keep_layer4_wider_than_one_cell():
+    """Issue #12: at the quick input sizes no ResNet stage of an InfuseNet-family network is 1 x 1
+    (a min-max over one cell would make the infusion mask constant)."""
+    from pipeline.training.protocols import Fold
+    from pipeline.training.registry import FoldContext
+
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    checked = []
+    for name, section in params["methods"].items():
+        if section.get("family") != "infusenet" or "vit" in section.get("variant", name):
+            continue
+        p = method_params(params, name)
+        fold = Fold("x", "none", "cd6me", np.zeros(0, np.int64), np.zeros(0, np.int64))
+        ctx = FoldContext(method=name, task="au", fold=fold, n_outputs=12,
+                          class_names=tuple(CD6ME_AUS), train_targets=np.zeros((0, 12)),
+                          train_subjects=(), seed=0, params=p, device=torch.device("cpu"))
+        net = build_method(name, p).build_model(ctx).eval()
+        layer4 = [m for n, m in net.named_modules() if n.endswith("layer4")]
+        assert layer4, name
+        with torch.no_grad():
+            x = [torch.randn(2, *net.input_shapes[k]) for k in net.input_names]
+            sides = []
+            for m in layer4:
+                m.register_forward_hook(lambda _m, _i, out, seen=sides: seen.append(out.shape[-2:]))
+            net(*x)
+        assert len(sides) == len(layer4), name
+        assert all(min(side) >= 2 for side in sides), (name, p["input_size"], sides)
+        checked.append(name)
+    assert {"resnet18_mag", "late_fusion", "infusenet", "infusenet_image"} <= set(checked)
+
+
 # ------------------------------------------------------------------------------------------
 # Grad-CAM (Sec. 4.5, Fig. 5) from the checkpoints of the tiny runs
 # ------------------------------------------------------------------------------------------

@@ -193,25 +193,47 @@ def test_magnified_pairs_follow_the_motion():
     assert float(out["onset_mag"][6:10, 6:10, 0].mean()) > 0.3   # rightward (1 px at 16 px)
 
 
-def test_flow_mag_stage_writes_both_pairs(tmp_path):
-    rng = np.random.default_rng(0)
-    ids = ["casme2/sub01/a", "casme2/sub01/b"]
-    with CacheWriter(tmp_path / "faces.h5", "faces", {"sizes": [32]}) as fw, \
-            CacheWriter(tmp_path / "magnified.h5", "magnified", {"size": 32}) as mw:
+def _flow_mag_inputs(root: Path, ids: list[str], seed: int) -> tuple[Path, Path]:
+    """faces.h5 (32-px onset = offset crops) and magnified.h5 (the apex 1 px to the right)."""
+    rng = np.random.default_rng(seed)
+    with CacheWriter(root / "faces.h5", "faces", {"sizes": [32]}) as fw, \
+            CacheWriter(root / "magnified.h5", "magnified", {"size": 32}) as mw:
         for sid in ids:
             img = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
             fw.append(sid, {"crop32/onset": img, "crop32/offset": img})
             mw.append(sid, {"frames/oh/alpha6/apex": np.roll(img, 1, axis=1)})
+    return root / "faces.h5", root / "magnified.h5"
+
+
+def test_flow_mag_stage_writes_both_pairs(tmp_path):
+    ids = ["casme2/sub01/a", "casme2/sub01/b"]
+    faces, mag = _flow_mag_inputs(tmp_path, ids, seed=0)
     out = tmp_path / "flow_mag.h5"
-    summary = run_flow_mag(tmp_path / "faces.h5", tmp_path / "magnified.h5",
-                           {"size": 16, "alpha": 6}, {"size": 32, "tvl1": {}}, out,
+    summary = run_flow_mag(faces, mag, {"size": 16, "alpha": 6}, {"size": 32, "tvl1": {}}, out,
                            tmp_path / "failures.csv", {"backend": "local", "n_jobs": 1})
     assert summary.n_written == 2
     cache = FeatureCache(out, "flow_mag")
     assert list(cache.sample_ids) == ids
     assert cache.read("onset_mag", 0).shape == (16, 16, 3)
     with pytest.raises(Exception, match="alpha10"):
-        run_flow_mag(tmp_path / "faces.h5", tmp_path / "magnified.h5", {"size": 16, "alpha": 10},
+        run_flow_mag(faces, mag, {"size": 16, "alpha": 10}, {"size": 32, "tvl1": {}},
+                     tmp_path / "x.h5", tmp_path / "f.csv", {"backend": "local", "n_jobs": 1})
+
+
+def test_flow_mag_stage_computes_only_its_databases(tmp_path):
+    ids = ["casme/sub01/a", "casme2/sub01/b", "samm/006/c", "mmew/S01/d"]
+    faces, mag = _flow_mag_inputs(tmp_path, ids, seed=1)
+    out = tmp_path / "flow_mag.h5"
+    summary = run_flow_mag(faces, mag,
+                           {"size": 16, "alpha": 6, "databases": ["casme2", "samm", "smic"]},
+                           {"size": 32, "tvl1": {}}, out, tmp_path / "failures.csv",
+                           {"backend": "local", "n_jobs": 1})
+    assert (summary.n_samples, summary.n_written, summary.n_failed) == (2, 2, 0)
+    cache = FeatureCache(out, "flow_mag")
+    assert list(cache.sample_ids) == ["casme2/sub01/b", "samm/006/c"]
+    assert cache.params["databases"] == ["casme2", "samm", "smic"]
+    with pytest.raises(Exception, match="no samples"):
+        run_flow_mag(faces, mag, {"size": 16, "alpha": 6, "databases": ["smic"]},
                      {"size": 32, "tvl1": {}}, tmp_path / "x.h5", tmp_path / "f.csv",
                      {"backend": "local", "n_jobs": 1})
 

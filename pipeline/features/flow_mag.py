@@ -13,7 +13,9 @@ Output ``data/features/flow_mag.h5`` (schema ``flow_mag``, layout of ``flow.h5``
 frames per pair (:func:`pipeline.features.flow.flow_image`, TV-L1 arguments ``flow.tvl1``),
 S' = ``flow_mag.size`` (≤ S; the grey frames are area-resized to S' first — TV-L1 costs about
 0.4 s per 224-px pair on 2 cores, a tenth of that at 64 px).  One row per sample of
-``magnified.h5`` present in ``faces.h5``.
+``magnified.h5`` present in ``faces.h5`` whose database is in ``flow_mag.databases`` (params.yaml: the
+LOSO databases CASME II, SAMM and SMIC, the only ones the annotation-mimicking network is trained
+and tested on; null: every database); the others are counted in the log, not computed.
 
 Choices (ours): grey = ITU-R BT.601 (OpenCV) of the RGB crops and the decoded magnified frame;
 area resizing; ``flow_mag.size`` 64 in the quick configuration, 224 (= the paper's input) in
@@ -109,6 +111,7 @@ def run_flow_mag(faces_path: str | os.PathLike, magnified_path: str | os.PathLik
         ``faces.h5`` and ``magnified.h5``.
     params : mapping
         The resolved ``flow_mag`` section: ``magnifier`` (oh | stmemm), ``alpha``, ``size``,
+        ``databases`` (database keys, the first part of a sample id; None: all),
         ``max_failed_share``.
     flow_params : mapping
         The resolved ``flow`` section (``size``: the crop side of magnified.h5; ``tvl1``).
@@ -151,10 +154,17 @@ def run_flow_mag(faces_path: str | os.PathLike, magnified_path: str | os.PathLik
             raise CacheError(f"{mag.path}: frames of side {shape[0]}, flow.size is {crop} "
                              "(re-run magnify)")
         ids = [s for s in mag.sample_ids if s in faces]
+        databases = params.get("databases")
+        if databases is not None:
+            keep = [s for s in ids if s.split("/", 1)[0] in set(databases)]
+            log.info("%d of %d samples are of flow_mag.databases %s; the other %d are not "
+                     "computed", len(keep), len(ids), list(databases), len(ids) - len(keep))
+            ids = keep
         parallel = dict(parallel)
         threads = 1 if (parallel.get("backend") == "dask"
                         or resolve_n_jobs(parallel.get("n_jobs", -1)) > 1) else 0
         cache_params = {"size": size, "magnifier": magnifier, "alpha": params.get("alpha", 6),
+                        "databases": None if databases is None else list(databases),
                         "tvl1": tvl1, "flow_size": crop, "magnified": mag.params}
         fn = functools.partial(_process, size=size, tvl1=tvl1, threads=threads)
         return run_stage("flow_mag", fn, _items(faces, mag, crop, dataset, ids), len(ids),
