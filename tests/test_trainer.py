@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from pipeline.training.trainer import (
     flow_hflip,
     make_optimizer,
     make_scheduler,
+    open_live,
     resolve_device,
 )
 
@@ -184,6 +186,34 @@ def test_same_seed_same_metrics_and_missing_features(synth, tmp_path):
     curves = pd.read_csv(pa.metrics / "curves.csv")
     assert len(curves) == 6 * 2 and set(curves["epoch"]) == {1, 2}
     assert (pa.metrics / "live" / "casme" / "plots" / "metrics" / "train" / "loss.tsv").is_file()
+
+
+def test_live_folders_skip_dvc_exp_bookkeeping(tmp_path, monkeypatch):
+    """Under ``dvc exp run`` (DVC_ROOT and DVC_EXP_* set) a fold's dvclive folder must not act
+    as the experiment's logger, whose ``end`` git-adds untracked files after scanning the whole
+    DVC project (0.5-0.9 s per fold); the variables are restored."""
+    import dvclive.live
+
+    def scan(*_a, **_k):
+        raise AssertionError("ensure_dir_is_tracked called")
+
+    monkeypatch.setattr(dvclive.live, "ensure_dir_is_tracked", scan)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "0" * 40)
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-test")
+    live = open_live(tmp_path / "live")
+    assert not live._inside_dvc_exp
+    live.log_metric("train/loss", 1.0)
+    live.next_step()
+    live.end()
+    assert (tmp_path / "live" / "plots" / "metrics" / "train" / "loss.tsv").is_file()
+    assert os.environ["DVC_EXP_BASELINE_REV"] == "0" * 40
+    assert os.environ["DVC_EXP_NAME"] == "exp-test"
+    # built directly, the same Live is the experiment's logger (what open_live avoids)
+    plain = dvclive.live.Live(dir=str(tmp_path / "plain"), save_dvc_exp=False, dvcyaml=None,
+                              report=None)
+    assert plain._inside_dvc_exp
 
 
 def test_loso_with_inner_validation(synth, tmp_path):
