@@ -13,9 +13,10 @@ Output ``data/features/flow_mag.h5`` (schema ``flow_mag``, layout of ``flow.h5``
 frames per pair (:func:`pipeline.features.flow.flow_image`, TV-L1 arguments ``flow.tvl1``),
 S' = ``flow_mag.size`` (≤ S; the grey frames are area-resized to S' first — TV-L1 costs about
 0.4 s per 224-px pair on 2 cores, a tenth of that at 64 px).  One row per sample of
-``magnified.h5`` present in ``faces.h5`` whose database is in ``flow_mag.databases`` (params.yaml: the
-LOSO databases CASME II, SAMM and SMIC, the only ones the annotation-mimicking network is trained
-and tested on; null: every database); the others are counted in the log, not computed.
+``magnified.h5`` present in ``faces.h5`` whose database is in ``flow_mag.databases``
+(params.yaml: the LOSO databases CASME II, SAMM and SMIC, the only ones the annotation-mimicking
+network is trained and tested on; null: every database, stored in the cache's params); the
+others are not computed, and their number is logged.
 
 Choices (ours): grey = ITU-R BT.601 (OpenCV) of the RGB crops and the decoded magnified frame;
 area resizing; ``flow_mag.size`` 64 in the quick configuration, 224 (= the paper's input) in
@@ -156,7 +157,8 @@ def run_flow_mag(faces_path: str | os.PathLike, magnified_path: str | os.PathLik
         ids = [s for s in mag.sample_ids if s in faces]
         databases = params.get("databases")
         if databases is not None:
-            keep = [s for s in ids if s.split("/", 1)[0] in set(databases)]
+            wanted = set(databases)
+            keep = [s for s in ids if s.split("/", 1)[0] in wanted]
             log.info("%d of %d samples are of flow_mag.databases %s; the other %d are not "
                      "computed", len(keep), len(ids), list(databases), len(ids) - len(keep))
             ids = keep
