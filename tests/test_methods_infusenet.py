@@ -313,15 +313,16 @@ def test_end_to_end_fine_tunes_the_magnifier(synth, tmp_path):
         build_method("vit_tiny_flow", {**params, "input_size": 32})
 
 
-def _ctx(spec, size):
+def _ctx(spec, size, method="infusenet", params=None):
+    """An empty CD6ME fold's context; ``params``: the method's (default TINY at ``size``)."""
     from pipeline.training.protocols import Fold
     from pipeline.training.registry import FoldContext
 
-    return FoldContext(method="infusenet", task="au",
+    return FoldContext(method=method, task="au",
                        fold=Fold("samm", "samm", "cd6me", np.zeros(0, int), np.zeros(0, int)),
                        n_outputs=12, class_names=tuple(CD6ME_AUS),
                        train_targets=np.zeros((0, 12)), train_subjects=(), seed=0,
-                       params={**TINY, "input_size": size})
+                       params={**TINY, "input_size": size} if params is None else params)
 
 
 def test_resize_latent():
@@ -480,20 +481,14 @@ def test_published_keys_are_the_report_entries():
 def test_quick_resnet_variants_keep_layer4_wider_than_one_cell():
     """Issue #12: at the quick input sizes no ResNet stage of an InfuseNet-family network is 1 x 1
     (a min-max over one cell would make the infusion mask constant)."""
-    from pipeline.training.protocols import Fold
-    from pipeline.training.registry import FoldContext
-
     params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
     checked = []
     for name, section in params["methods"].items():
         if section.get("family") != "infusenet" or "vit" in section.get("variant", name):
             continue
         p = method_params(params, name)
-        fold = Fold("x", "none", "cd6me", np.zeros(0, np.int64), np.zeros(0, np.int64))
-        ctx = FoldContext(method=name, task="au", fold=fold, n_outputs=12,
-                          class_names=tuple(CD6ME_AUS), train_targets=np.zeros((0, 12)),
-                          train_subjects=(), seed=0, params=p, device=torch.device("cpu"))
-        net = build_method(name, p).build_model(ctx).eval()
+        spec = build_method(name, p)
+        net = spec.build_model(_ctx(spec, p["input_size"], name, p)).eval()
         layer4 = [m for n, m in net.named_modules() if n.endswith("layer4")]
         assert layer4, name
         with torch.no_grad():

@@ -191,7 +191,7 @@ def test_same_seed_same_metrics_and_missing_features(synth, tmp_path):
 def test_live_folders_skip_dvc_exp_bookkeeping(tmp_path, monkeypatch):
     """Under ``dvc exp run`` (DVC_ROOT and DVC_EXP_* set) a fold's dvclive folder must not act
     as the experiment's logger, whose ``end`` git-adds untracked files after scanning the whole
-    DVC project (0.5-0.9 s per fold); the variables are restored."""
+    DVC project (0.5-1.7 s per fold); the variables are restored."""
     import dvclive.live
 
     def scan(*_a, **_k):

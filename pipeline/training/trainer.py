@@ -324,9 +324,9 @@ def _loader(dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int
 
 #: Set by ``dvc exp run`` (not by ``dvc repro``).  With them in the environment dvclive's
 #: ``Live.end`` git-adds the untracked files of its folder, building DVC's index of the whole
-#: project each time: 0.5-0.9 s per fold here (a one-epoch ``sssnet_loso``, 49 folds: 47 s
-#: instead of 23 s).  The folders are outputs of the ``train@`` stage, which DVC caches, so there
-#: is never anything to add.
+#: project each time: 0.5-1.7 s per fold here (a one-epoch ``sssnet_loso``, 49 folds, under
+#: ``dvc exp run``: 106 s instead of 23 s).  The folders are outputs of the ``train@`` stage,
+#: which DVC caches, so there is never anything to add.
 DVC_EXP_ENV = ("DVC_EXP_BASELINE_REV", "DVC_EXP_NAME")
 
 
