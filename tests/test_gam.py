@@ -361,10 +361,14 @@ def test_params_and_dvc_yaml_wire_train_gam_mm_mer():
         alpha = f"alpha{section['alpha']}"
         assert (spec.inputs[0].dataset, spec.inputs[1].dataset) == (
             f"frames/stmemm/{alpha}/apex", f"magnified/stmemm/{alpha}/landmarks68")
-    # every frame set the method reads is decoded by magnify and landmarked by patches
-    wanted = {section["alpha"], *section["augment"]["alphas"]}
-    assert wanted <= set(params["magnify"]["frames"]["stmemm"])
-    assert wanted <= set(params["patches"]["magnified"]["stmemm"])
+    # every frame set the method reads is decoded by magnify and landmarked by patches, in both
+    # configurations (quick decodes α 5 and 15, paper all five)
+    for config in ("quick", "paper"):
+        gam = resolve(section, config)
+        wanted = {gam["alpha"], *gam["augment"]["alphas"]}
+        assert wanted <= set(resolve(params["magnify"], config)["frames"]["stmemm"])
+        assert wanted <= set(resolve(params["patches"], config)["magnified"]["stmemm"])
+    assert resolve(section, "paper")["augment"]["alphas"] == [8, 10, 12, 15]
     assert resolve(section, "paper")["crop_size"] == resolve(params["patches"], "paper")["size"]
     dvc = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
     assert dvc["train"]["foreach"]["gam_mm_mer"] == {"in1": "data/features/magnified.h5",
