@@ -133,8 +133,6 @@ TRAIN_KEYS: dict[str, Key] = {
     "flow_quantile": Float(0.99, min=0.5, max=1.0),
     "eval_batch_size": Int(64, min=1),
     "torch_threads": THREADS,
-    # folds trained at once, each in its own worker process (pipeline.training.run)
-    "fold_jobs": Int(1, min=1),
     "epochs": Int(10, min=1),
     "batch_size": Int(32, min=1),
     "optimizer": OPTIMIZER,

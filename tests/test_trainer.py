@@ -188,33 +188,6 @@ def test_same_seed_same_metrics_and_missing_features(synth, tmp_path):
     assert (pa.metrics / "live" / "casme" / "plots" / "metrics" / "train" / "loss.tsv").is_file()
 
 
-
-@pytest.mark.parametrize("protocol", ["cd6me", "loso"])
-def test_fold_jobs_give_the_sequential_outputs(synth, tmp_path, protocol, caplog):
-    """``fold_jobs: 2`` trains the folds in two worker processes; with the same torch thread
-    count per fold the metrics and every fold's predictions equal those of a sequential run."""
-    params = {"family": "sssnet", "task": "au" if protocol == "cd6me" else "emotion",
-              "protocol": protocol, **TINY, "augment": {"hflip": 0.5}, "torch_threads": 1}
-    if protocol == "loso":
-        params["tasks"] = ["casme2-3", "composite-3"]
-    a, pa = _run("s", params, synth, tmp_path / "seq")
-    assert "worker processes" not in caplog.text
-    with caplog.at_level("INFO", logger="train"):
-        b, pb = _run("s", {**params, "fold_jobs": 2}, synth, tmp_path / "par")
-    assert "on 2 worker processes, 1 torch thread(s) each" in caplog.text
-    assert a == b
-    for name in ("predictions.csv", "curves.csv", "missing_features.csv"):
-        assert (pa.metrics / name).read_bytes() == (pb.metrics / name).read_bytes(), name
-    folds = sorted(p.name for p in pa.folds.glob("*.json"))
-    assert folds == sorted(p.name for p in pb.folds.glob("*.json"))
-    assert len(folds) == (6 if protocol == "cd6me" else 3 + 9)
-    for f in folds:
-        assert (pa.folds / f).read_text() == (pb.folds / f).read_text(), f
-        assert (pb.metrics / "live" / Path(f).stem).is_dir()
-    with pytest.raises(ValueError, match="fold_jobs"):
-        TrainSettings.from_params({"fold_jobs": 0})
-
-
 def test_live_folders_skip_dvc_exp_bookkeeping(tmp_path, monkeypatch):
     """Under ``dvc exp run`` (DVC_ROOT and DVC_EXP_* set) a fold's dvclive folder must not act
     as the experiment's logger, whose ``end`` git-adds untracked files after scanning the whole

@@ -27,17 +27,6 @@ predictor), and writes:
 * ``models/<method>/final.pt`` — one model fitted on all the protocol's data, for prediction on a
   user's clip (``final_model``; :mod:`pipeline.training.final`).
 
-Folds in parallel (``fold_jobs`` > 1, ours): the folds of a trained method (the CD6ME folds, or
-every fold of every LOSO task) are trained by a pool of that many worker processes
-(:func:`pipeline.parallel.parallel_map`, joblib's loky), each reading the feature caches once and
-running torch on ``torch_threads`` threads (null: this process's threads divided among the
-workers, at least one).  Two one-thread workers train about 25 % more folds per minute than one
-two-thread process on a 2-core CPU (small networks use a second thread poorly).  The results
-are collected in fold order, so the outputs are the same files; the numbers are those of a
-sequential run with the same thread count per fold (a different thread count can change the
-last bits of a float sum, and so the scores, slightly).  The final model and the constant
-predictors run in this process.
-
 Scores: AU probabilities (sigmoid) thresholded at ``threshold`` (0.5); emotion: class
 probabilities, prediction = argmax.  ``predictions.csv`` holds them at the network's float32
 precision (the shortest text that reads back to the same float32), so the file's decisions follow
@@ -46,12 +35,10 @@ from its scores: rounding to six decimals turned a score of 0.49999997 (decision
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -256,99 +243,17 @@ def _keeps_checkpoint(setting: Any, fold_name: str) -> bool:
 
 
 def _store(spec: MethodSpec, sample_ids: Sequence[str], features_dir: str | os.PathLike,
-           settings: TrainSettings, params: Mapping[str, Any], quiet: bool = False,
-           lazy_if_parallel: bool = False) -> FeatureStore | None:
-    """The method's inputs, preloaded if ``preload``; with ``lazy_if_parallel`` read lazily
-    when fold workers train (``fold_jobs`` > 1: each worker preloads its own copy, and the
-    calling process needs little more than which samples are available)."""
+           settings: TrainSettings, params: Mapping[str, Any]) -> FeatureStore | None:
     if spec.constant is not None:
         return None
-    preload = settings.preload and not (lazy_if_parallel and settings.fold_jobs > 1)
-    store = FeatureStore(spec.inputs, sample_ids, features_dir, preload=preload,
+    store = FeatureStore(spec.inputs, sample_ids, features_dir, preload=settings.preload,
                          flow_norm=str(params.get("flow_norm", "sample")),
                          flow_quantile=float(params.get("flow_quantile", 0.99)))
-    if store.missing and not quiet:
+    if store.missing:
         log.warning("%d of %d samples lack features (first: %s); they are left out of training "
                     "and get a fallback prediction, listed in missing_features.csv",
                     len(store.missing), len(sample_ids), store.missing[0])
     return store
-
-
-# The feature store of the run a fold worker serves (pipeline.parallel workers are reused from
-# fold to fold): read once per worker, not once per fold.
-_WORKER_STORE: dict[str, Any] = {}
-
-# One fold's job: (fold, positions of its table's rows in the store, the table, targets by store
-# position, number of outputs, AU or class names).
-FoldJob = tuple[Fold, np.ndarray, pd.DataFrame, np.ndarray, int, Sequence[str]]
-
-
-def _fold_in_worker(shared: Mapping[str, Any], job: FoldJob) -> dict[str, Any]:
-    """:func:`_run_fold` of one job in a worker process of :func:`_fold_outcomes`."""
-    if not logging.getLogger().handlers:
-        from pipeline.io import setup_logging
-
-        setup_logging()
-    torch.set_num_threads(int(shared["threads"]))
-    name, params = shared["name"], shared["params"]
-    spec = build_method(name, params)
-    settings = TrainSettings.from_params(params)
-    if _WORKER_STORE.get("key") != shared["key"]:
-        _WORKER_STORE.clear()
-        _WORKER_STORE["store"] = _store(spec, shared["sample_ids"], shared["features_dir"],
-                                        settings, params, quiet=True)
-        _WORKER_STORE["key"] = shared["key"]
-    fold, store_pos, table, targets_store, n_outputs, names = job
-    return _run_fold(name, spec, settings, params, fold, store_pos, table, _WORKER_STORE["store"],
-                     targets_store, n_outputs, names, shared["seed"], shared["device"],
-                     shared["paths"])
-
-
-def _store_key(name: str, params: Mapping[str, Any], spec: MethodSpec, sample_ids: Sequence[str],
-               features_dir: str | os.PathLike) -> str:
-    """What a worker's store depends on: the method's parameters, the samples and the caches
-    (path, size and modification time of each)."""
-    import hashlib
-
-    caches = []
-    for cache in sorted({i.cache for i in spec.inputs}):
-        path = Path(features_dir) / f"{cache}.h5"
-        st = path.stat()
-        caches.append([str(path.resolve()), st.st_size, st.st_mtime_ns])
-    text = json.dumps([name, params, list(sample_ids), caches], sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _fold_outcomes(name: str, spec: MethodSpec, settings: TrainSettings,
-                   params: Mapping[str, Any], jobs: Sequence[FoldJob], store: FeatureStore | None,
-                   sample_ids: Sequence[str], features_dir: str | os.PathLike, seed: int,
-                   device: torch.device, paths: RunPaths, desc: str) -> Iterator[dict[str, Any]]:
-    """:func:`_run_fold` of every job, yielded in job order.
-
-    With ``fold_jobs`` > 1 (and a trained method) the folds run in that many worker processes
-    (:func:`pipeline.parallel.parallel_map`, loky), each with ``torch_threads`` torch threads
-    (null: this process's threads // workers, at least 1) and its own copy of the store, read
-    once; otherwise here, one after the other, on ``store``.  A fold's exception is re-raised
-    here.
-    """
-    workers = min(settings.fold_jobs, len(jobs))
-    if spec.constant is not None or workers <= 1:
-        for job in tqdm(jobs, desc=desc, leave=False):
-            fold, store_pos, table, targets_store, n_outputs, names = job
-            yield _run_fold(name, spec, settings, params, fold, store_pos, table, store,
-                            targets_store, n_outputs, names, seed, device, paths)
-        return
-    from pipeline.parallel import parallel_map
-
-    threads = int(settings.torch_threads or max(1, torch.get_num_threads() // workers))
-    shared = {"name": name, "params": dict(params), "sample_ids": list(sample_ids),
-              "features_dir": str(features_dir), "seed": seed, "device": device,
-              "paths": paths, "threads": threads,
-              "key": _store_key(name, params, spec, sample_ids, features_dir)}
-    log.info("%s: %d folds on %d worker processes, %d torch thread(s) each (fold_jobs)", name,
-             len(jobs), workers, threads)
-    yield from parallel_map(functools.partial(_fold_in_worker, shared), jobs, backend="local",
-                            n_jobs=workers, desc=desc)
 
 
 def _write_missing(paths: RunPaths, store: FeatureStore | None) -> None:
@@ -408,19 +313,16 @@ def _run_cd6me(name: str, spec: MethodSpec, settings: TrainSettings, params: Map
     aus = list(CD6ME_AUS)
     targets = table[aus].to_numpy(np.float32)
     folds = cd6me_folds(table)
-    store = _store(spec, table["sample_id"].tolist(), features_dir, settings, params,
-                   lazy_if_parallel=True)
+    store = _store(spec, table["sample_id"].tolist(), features_dir, settings, params)
     positions = np.arange(len(table))
     n = len(table)
     scores = np.zeros((n, len(aus)))
     decisions = np.zeros((n, len(aus)), dtype=np.int64)
     fold_of = np.empty(n, dtype=object)
     curves: list[dict[str, Any]] = []
-    jobs = [(fold, positions, table, targets, len(aus), aus) for fold in folds]
-    outcomes = _fold_outcomes(name, spec, settings, params, jobs, store,
-                              table["sample_id"].tolist(), features_dir, seed, device, paths,
-                              f"{name} folds")
-    for fold, res in zip(folds, outcomes, strict=True):
+    for fold in tqdm(folds, desc=f"{name} folds", leave=False):
+        res = _run_fold(name, spec, settings, params, fold, positions, table, store, targets,
+                        len(aus), aus, seed, device, paths)
         scores[fold.test] = res["scores"]
         decisions[fold.test] = res["decisions"]
         fold_of[fold.test] = fold.name
@@ -475,35 +377,26 @@ def _run_loso(name: str, spec: MethodSpec, settings: TrainSettings, params: Mapp
                             f"the databases present ({sorted(set(samples['database']))})")
     union = sorted(set().union(*(set(t[1]["sample_id"]) for t in tasks)))
     where = {sid: i for i, sid in enumerate(union)}
-    store = _store(spec, union, features_dir, settings, params,
-                   lazy_if_parallel=True)
+    store = _store(spec, union, features_dir, settings, params)
     results: dict[str, dict[str, Any]] = {}
     rows: list[pd.DataFrame] = []
     curves: list[dict[str, Any]] = []
     all_classes: list[str] = []
-    jobs: list[FoldJob] = []
-    task_folds = []
     for task, table, y in tasks:
-        store_pos = table["sample_id"].map(where).to_numpy(np.int64)
-        targets_store = np.full(len(union), -1, dtype=np.int64)
-        targets_store[store_pos] = y
-        folds = loso_folds(table, task)
-        task_folds.append(folds)
-        jobs += [(fold, store_pos, table, targets_store, task.n_classes, task.classes)
-                 for fold in folds]
-    # every fold of every task in one map: the workers stay busy across the tasks
-    outcomes = _fold_outcomes(name, spec, settings, params, jobs, store, union, features_dir,
-                              seed, device, paths, f"{name} LOSO folds")
-    for (task, table, y), folds in zip(tasks, task_folds, strict=True):
         for c in task.classes:
             if c not in all_classes:
                 all_classes.append(c)
+        store_pos = table["sample_id"].map(where).to_numpy(np.int64)
+        targets_store = np.full(len(union), -1, dtype=np.int64)
+        targets_store[store_pos] = y
         n = len(table)
         decisions = np.zeros(n, dtype=np.int64)
         scores = np.zeros((n, task.n_classes))
         fold_of = np.empty(n, dtype=object)
-        for fold in folds:
-            res = next(outcomes)
+        folds = loso_folds(table, task)
+        for fold in tqdm(folds, desc=f"{name} {task.key}", leave=False):
+            res = _run_fold(name, spec, settings, params, fold, store_pos, table, store,
+                            targets_store, task.n_classes, task.classes, seed, device, paths)
             scores[fold.test] = res["scores"]
             decisions[fold.test] = res["decisions"]
             fold_of[fold.test] = fold.name

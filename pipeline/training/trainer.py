@@ -14,8 +14,7 @@ Settings (:class:`TrainSettings`, from the method's ``params.yaml`` section merg
 | ``step`` (``step_size``, ``gamma``)), device (``auto`` | ``cpu`` | ``cuda``), automatic mixed
 precision on a GPU (``amp``), DataLoader workers, gradient clipping, checkpoints, and the number
 of torch CPU threads (``torch_threads``; null: torch's default — 1 is often faster on a machine
-busy with other jobs) and of folds trained at once in worker processes (``fold_jobs``,
-:mod:`pipeline.training.run`).
+busy with other jobs).
 
 Determinism: every fold seeds Python, NumPy and torch from :func:`protocols.fold_seed` (the run
 seed and the fold's name), the DataLoader shuffles with its own seeded generator and seeds its
@@ -91,7 +90,6 @@ class TrainSettings:
     preload: bool = True
     eval_batch_size: int = 64
     torch_threads: int | None = None
-    fold_jobs: int = 1
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> TrainSettings:
@@ -101,8 +99,7 @@ class TrainSettings:
         Raises
         ------
         ValueError
-            On a non-positive epoch count, batch size or ``fold_jobs``, or an unknown
-            ``selection``.
+            On a non-positive epoch count or batch size, or an unknown ``selection``.
         """
         names = {f.name for f in cls.__dataclass_fields__.values()}
         kwargs = {k: copy.deepcopy(v) for k, v in params.items() if k in names}
@@ -111,9 +108,6 @@ class TrainSettings:
             raise ValueError(f"epochs and batch_size must be >= 1, got {s.epochs}, {s.batch_size}")
         if s.selection not in ("last", "inner_val"):
             raise ValueError(f"selection must be 'last' or 'inner_val', got {s.selection!r}")
-        if int(s.fold_jobs) < 1:
-            raise ValueError(f"fold_jobs must be >= 1, got {s.fold_jobs}")
-        s.fold_jobs = int(s.fold_jobs)
         s.epochs, s.batch_size, s.num_workers = int(s.epochs), int(s.batch_size), int(s.num_workers)
         return s
 
