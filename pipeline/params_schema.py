@@ -111,9 +111,10 @@ OPTIMIZER = Map({"name": Str("adam", choices=("adam", "adamw", "sgd")),
                  "lr": Float(1e-3, gt=0.0), "weight_decay": Float(0.0, min=0.0),
                  "momentum": Float(0.9, min=0.0), "betas": List(Float(min=0.0, max=1.0), length=2)})
 SCHEDULER = Map({"name": Str("none", choices=("none", "exponential", "step",
-                                              "cosine_warm_restarts")),
+                                              "cosine_warm_restarts", "one_cycle")),
                  "gamma": Float(gt=0.0), "step_size": Int(min=1), "t0": Int(min=1),
-                 "t_mult": Int(min=1), "eta_min": Float(min=0.0)})
+                 "t_mult": Int(min=1), "eta_min": Float(min=0.0),
+                 "pct_start": Float(gt=0.0, max=1.0), "div_factor": Float(gt=0.0)})
 LOSS = Map({"pos_weight": Str(None, choices=("balanced",), nullable=True),
             "pos_weight_max": Float(20.0, min=1.0),
             "class_weights": Str(None, choices=("inverse",), nullable=True)})

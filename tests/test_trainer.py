@@ -280,6 +280,22 @@ def test_settings_schedulers_and_weights():
                                [1.0, 3.0, 1.5, 0.0])
 
 
+def test_one_cycle_rises_to_the_optimiser_lr_and_ends_near_zero_over_the_whole_budget():
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=0.004)
+    sched, when = make_scheduler(opt, {"name": "one_cycle", "pct_start": 0.25}, 4, epochs=3)
+    assert when == "iteration"
+    lrs = []                                  # the lr each of 3 epochs x 4 batches trains with
+    for _ in range(12):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()                          # the trainer's per-batch step, also after the last
+    assert lrs[0] == pytest.approx(0.004 / 25)                     # div_factor 25
+    peak = int(np.argmax(lrs))
+    assert peak in (2, 3) and max(lrs) == pytest.approx(0.004, rel=0.02)  # after 25 % of 13 steps
+    assert all(b < a for a, b in zip(lrs[peak:-1], lrs[peak + 1:], strict=True)) and lrs[-1] < 0.004 / 20
+    assert opt.param_groups[0]["betas"][0] == pytest.approx(0.95)  # β₁ cycled back up
+
+
 def test_fused_adam_matches_the_per_tensor_update():
     torch.manual_seed(0)
     for name in ("adam", "adamw"):
