@@ -294,6 +294,9 @@ def test_one_cycle_rises_to_the_optimiser_lr_and_ends_near_zero_over_the_whole_b
     assert peak in (2, 3) and max(lrs) == pytest.approx(0.004, rel=0.02)  # after 25 % of 13 steps
     assert all(b < a for a, b in zip(lrs[peak:-1], lrs[peak + 1:], strict=True)) and lrs[-1] < 0.004 / 20
     assert opt.param_groups[0]["betas"][0] == pytest.approx(0.95)  # β₁ cycled back up
+    plain = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.0)
+    make_scheduler(plain, {"name": "one_cycle"}, 4, epochs=3)
+    assert plain.param_groups[0]["momentum"] == 0.0               # no momentum switched on
 
 
 def test_fused_adam_matches_the_per_tensor_update():

@@ -205,8 +205,8 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: Mapping[str, Any],
     fractional epoch; ``step``: lr · γ every ``step_size`` epochs; ``one_cycle``: Smith and
     Topin's one-cycle policy (arXiv:1708.07120; ``torch.optim.lr_scheduler.OneCycleLR``) over
     ``epochs`` × ``steps_per_epoch`` batches, peaking at the optimiser's ``lr`` after
-    ``pct_start`` (0.3) of them from lr / ``div_factor`` (25), with Adam's β₁ cycled 0.95 → 0.85
-    (ours, for short budgets: no paper here uses it); ``none``.
+    ``pct_start`` (0.3) of them from lr / ``div_factor`` (25), with Adam's β₁ (SGD's momentum,
+    if any) cycled 0.95 → 0.85 (ours, for short budgets: no paper here uses it); ``none``.
 
     Raises
     ------
@@ -232,7 +232,10 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: Mapping[str, Any],
             # one step more than the batches: the trainer steps after the last batch too
             opt, max_lr=max_lr, total_steps=max(1, int(epochs) * int(steps_per_epoch)) + 1,
             pct_start=float(cfg.get("pct_start", 0.3)),
-            div_factor=float(cfg.get("div_factor", 25.0)))
+            div_factor=float(cfg.get("div_factor", 25.0)),
+            # cycle β₁ / momentum only where the optimiser uses one (SGD without momentum stays so)
+            cycle_momentum=all("betas" in g or float(g.get("momentum", 0.0)) > 0
+                               for g in opt.param_groups))
         return sched, "iteration"
     raise ValueError("scheduler.name must be none, exponential, step, cosine_warm_restarts or "
                      f"one_cycle, got {name!r}")
