@@ -1,9 +1,19 @@
-"""Reading ``params.yaml`` and resolving the quick / paper configuration switch.
+"""Reading ``params.yaml`` and resolving the quick / paper switch and the quick training budget.
 
 Every section of ``params.yaml`` holds the quick configuration's values and may carry a
 ``paper:`` block; with the top-level ``config: paper`` the keys of that block override the
 section's own (recursively for nested mappings).  Stages call :func:`section` and never look at
 ``paper:`` themselves.
+
+Training budget (``train.budget``, ours; issue #12): a ``methods.<name>`` section may also carry a
+``learn:`` block, the longer quick budget under which that method beats the constant predictors
+on the stand-in.  With ``train.budget: learn`` (and ``config: quick``) its keys override the
+section's own before any ``paper:`` block would; with ``train.budget: quick`` (the default: the
+whole quick ``dvc repro`` within 20 minutes on 2 CPU cores) and under ``config: paper`` the
+``learn:`` blocks are ignored.  :func:`apply_budget` does this on the whole file and
+:func:`pipeline.training.run.method_params` for one method; only the ``train@<method>`` stages
+depend on ``train``, so ``dvc exp run -S train.budget=learn`` re-runs the training and not the
+preprocessing.
 
 :func:`load` checks the whole file against :mod:`pipeline.params_schema` (unknown keys, types,
 ranges; both configurations) before a stage does any work.  ``./mer`` runs the same check before
@@ -23,6 +33,8 @@ from typing import Any
 import yaml
 
 CONFIGS = ("quick", "paper")
+#: Values of ``train.budget``: the methods' own quick values, or their ``learn:`` blocks.
+BUDGETS = ("quick", "learn")
 
 
 class ParamsError(ValueError):
@@ -61,14 +73,74 @@ def load(path: str | os.PathLike = "params.yaml", validate: bool = True) -> dict
 def errors(params: Mapping[str, Any]) -> list[str]:
     """Every error of ``params`` against :mod:`pipeline.params_schema`, one line each.
 
-    The file is resolved for both configurations; an error that only the ``paper:`` blocks
-    cause ends in ``(config: paper)``.
+    The file is resolved for both configurations and both training budgets; an error that only
+    the ``paper:`` blocks cause ends in ``(config: paper)``, one that only the methods' ``learn:``
+    blocks cause in ``(train.budget: learn)``.
     """
     from pipeline.params_schema import check
 
-    quick = check(resolve(params, "quick"))
-    paper = [e for e in check(resolve(params, "paper")) if e not in quick]
-    return quick + [f"{e} (config: paper)" for e in paper]
+    quick = check(resolve(apply_budget(params, "quick"), "quick"))
+    paper = [e for e in check(resolve(apply_budget(params, "quick"), "paper")) if e not in quick]
+    learn = [e for e in check(resolve(apply_budget(dict(params, config="quick"), "learn"), "quick"))
+             if e not in quick and e not in paper]
+    return (quick + [f"{e} (config: paper)" for e in paper]
+            + [f"{e} (train.budget: learn)" for e in learn])
+
+
+def budget_of(params: Mapping[str, Any]) -> str:
+    """``train.budget`` of the raw parameter mapping (``"quick"`` when absent).
+
+    Raises
+    ------
+    ParamsError
+        If it is not one of :data:`BUDGETS`.
+    """
+    train = params.get("train") if isinstance(params.get("train"), Mapping) else {}
+    budget = train.get("budget", "quick")
+    if budget not in BUDGETS:
+        raise ParamsError(f"train.budget must be one of {BUDGETS}, got {budget!r}")
+    return str(budget)
+
+
+def apply_budget(params: Mapping[str, Any], budget: str | None = None) -> dict[str, Any]:
+    """A copy of the raw ``params`` with every ``methods.<name>.learn`` block applied or dropped.
+
+    Parameters
+    ----------
+    params : mapping
+        The raw parameter file (``paper:`` blocks not yet resolved).
+    budget : {"quick", "learn"}, optional
+        Default: the file's own ``train.budget`` (:func:`budget_of`).  ``"learn"`` merges each
+        method's ``learn:`` block over its section (recursively, before ``paper:`` blocks are
+        resolved); ``"quick"`` drops the blocks.  Under ``config: paper`` the blocks are always
+        dropped: the papers' settings do not depend on the quick budget.
+
+    Raises
+    ------
+    ParamsError
+        On an unknown budget, or a ``learn:`` that is not a mapping.
+    """
+    budget = budget_of(params) if budget is None else budget
+    if budget not in BUDGETS:
+        raise ParamsError(f"train.budget must be one of {BUDGETS}, got {budget!r}")
+    out = dict(params)
+    methods = params.get("methods")
+    if not isinstance(methods, Mapping):
+        return out
+    use = budget == "learn" and params.get("config", "quick") == "quick"
+    merged: dict[str, Any] = {}
+    for name, block in methods.items():
+        if not isinstance(block, Mapping) or "learn" not in block:
+            merged[name] = block
+            continue
+        learn = block["learn"]
+        if not isinstance(learn, Mapping):
+            raise ParamsError(f"methods.{name}.learn: expected a mapping of the section's keys, "
+                              f"got {learn!r}")
+        base = {k: v for k, v in block.items() if k != "learn"}
+        merged[name] = _merge(base, learn) if use else base
+    out["methods"] = merged
+    return out
 
 
 def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -98,12 +170,15 @@ def resolve(block: Mapping[str, Any], config: str) -> dict[str, Any]:
 def section(name: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The resolved section ``name`` (dotted paths allowed, e.g. ``"methods.resnet18_flow"``).
 
+    Resolved for ``config`` (``paper:`` blocks) after ``train.budget`` is applied to the
+    ``methods.<name>.learn`` blocks (:func:`apply_budget`).
+
     Raises
     ------
     ParamsError
-        If the section does not exist.
+        If the section does not exist, or ``train.budget`` is not one of :data:`BUDGETS`.
     """
-    params = load() if params is None else params
+    params = apply_budget(load() if params is None else params)
     node: Any = params
     for part in name.split("."):
         if not isinstance(node, Mapping) or part not in node:

@@ -39,6 +39,37 @@ def test_paper_block_overrides_only_with_paper_config(tmp_path):
         params.load(p)
 
 
+def test_learn_blocks_apply_only_under_the_learn_budget_of_the_quick_config(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text(
+        "config: quick\n"
+        "train:\n  epochs: 3\n  budget: quick\n"
+        "methods:\n  m:\n    epochs: 1\n    model: {width: 8, depth: 2}\n"
+        "    learn: {epochs: 10, model: {width: 16}}\n"
+        "    paper: {epochs: 50}\n"
+        "  n:\n    epochs: 4\n"
+    )
+    quick = params.load(p, validate=False)
+    assert params.section("methods.m", quick) == {"epochs": 1, "model": {"width": 8, "depth": 2}}
+    learn = dict(quick, train={"epochs": 3, "budget": "learn"})
+    assert params.section("methods.m", learn) == {"epochs": 10, "model": {"width": 16, "depth": 2}}
+    assert params.section("methods.n", learn) == {"epochs": 4}
+    # the papers' settings never see the quick budget
+    for raw in (quick, learn):
+        assert params.section("methods.m", dict(raw, config="paper")) == {
+            "epochs": 50, "model": {"width": 8, "depth": 2}}
+    assert "learn" not in params.apply_budget(learn)["methods"]["m"]
+    assert quick["methods"]["m"]["learn"] == {"epochs": 10, "model": {"width": 16}}  # not mutated
+    from pipeline.training.run import method_params
+
+    merged = method_params(learn, "m")
+    assert merged["epochs"] == 10 and "budget" not in merged and "learn" not in merged
+    with pytest.raises(params.ParamsError, match="train.budget must be one of"):
+        params.section("methods.m", dict(quick, train={"budget": "long"}))
+    with pytest.raises(params.ParamsError, match="methods.n.learn: expected a mapping"):
+        params.apply_budget(dict(learn, methods={"n": {"epochs": 4, "learn": 10}}))
+
+
 def test_project_params_file_resolves_in_both_configs():
     raw = params.load("params.yaml")
     for config in params.CONFIGS:

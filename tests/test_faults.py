@@ -231,7 +231,9 @@ def test_every_stage_sweeps_at_start(tmp_path):
 def test_shipped_params_validate_in_both_configs():
     raw = params.load(ROOT / "params.yaml")
     for config in params.CONFIGS:
-        assert params.errors(dict(raw, config=config)) == []
+        for budget in params.BUDGETS:
+            assert params.errors(dict(raw, config=config,
+                                      train=dict(raw["train"], budget=budget))) == []
 
 
 def test_every_registered_family_declares_its_keys():
@@ -263,6 +265,11 @@ PROBES = {
     "paper block": (("methods", "sssnet", "paper", "batch_sise"), 8,
                     "methods.sssnet.batch_sise: unknown key; did you mean 'batch_size'? "
                     "(config: paper)"),
+    "learn block": (("methods", "infusenet", "learn", "epochz"), 10,
+                    "methods.infusenet.epochz: unknown key; did you mean 'epochs'? "
+                    "(train.budget: learn)"),
+    "budget": (("train", "budget"), "long",
+               "train.budget: expected quick | learn, got 'long'"),
     "null": (("faces", "sizes"), None, "faces.sizes: expected a list, got null"),
     "choice": (("data", "source"), "reel",
                "data.source: expected standin | real, got 'reel' (did you mean 'real'?)"),

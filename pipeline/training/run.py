@@ -110,7 +110,9 @@ def method_params(params: Mapping[str, Any], name: str) -> dict[str, Any]:
     """The resolved ``methods.<name>`` section merged over the shared ``train:`` section.
 
     Both are resolved for the ``config`` switch first (:func:`pipeline.params.section`), so a
-    method's ``paper:`` block and ``train.paper`` both apply under ``config: paper``.
+    method's ``paper:`` block and ``train.paper`` both apply under ``config: paper``, and the
+    method's ``learn:`` block under ``train.budget: learn`` (:func:`pipeline.params.apply_budget`);
+    ``budget`` itself is not passed on.
 
     Raises
     ------
@@ -120,6 +122,7 @@ def method_params(params: Mapping[str, Any], name: str) -> dict[str, Any]:
     from pipeline.params import section
 
     shared = section("train", params) if "train" in params else {}
+    shared.pop("budget", None)
     return _deep_merge(shared, section(f"methods.{name}", params))
 
 
