@@ -189,6 +189,25 @@ def section(name: str, params: Mapping[str, Any] | None = None) -> dict[str, Any
     return resolve(node, params.get("config", "quick"))
 
 
+def method_params(params: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """The resolved ``methods.<name>`` section merged over the shared ``train:`` section.
+
+    Both are resolved for the ``config`` switch first (:func:`section`), so a method's ``paper:``
+    block and ``train.paper`` both apply under ``config: paper``, and the method's ``learn:``
+    block under ``train.budget: learn`` (:func:`apply_budget`); ``budget`` itself is not passed
+    on.  (Here rather than in :mod:`pipeline.training.run`, so that readers of the parameters,
+    such as the report stage, do not import torch.)
+
+    Raises
+    ------
+    ParamsError
+        If ``methods.<name>`` does not exist.
+    """
+    shared = section("train", params) if "train" in params else {}
+    shared.pop("budget", None)
+    return _merge(shared, section(f"methods.{name}", params))
+
+
 def env_or(value: str | None, env_var: str) -> str | None:
     """A configured path, else the environment variable ``env_var``, else ``None``."""
     if value not in (None, ""):

@@ -14,9 +14,8 @@ import argparse
 import sys
 
 from pipeline.io import atomic_dir, start_stage
-from pipeline.params import load, section
+from pipeline.params import load, method_params, section
 from pipeline.reporting.report import write_report
-from pipeline.training.run import method_params
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -60,9 +60,7 @@ def test_learn_blocks_apply_only_under_the_learn_budget_of_the_quick_config(tmp_
             "epochs": 50, "model": {"width": 8, "depth": 2}}
     assert "learn" not in params.apply_budget(learn)["methods"]["m"]
     assert quick["methods"]["m"]["learn"] == {"epochs": 10, "model": {"width": 16}}  # not mutated
-    from pipeline.training.run import method_params
-
-    merged = method_params(learn, "m")
+    merged = params.method_params(learn, "m")
     assert merged["epochs"] == 10 and "budget" not in merged and "learn" not in merged
     with pytest.raises(params.ParamsError, match="train.budget must be one of"):
         params.section("methods.m", dict(quick, train={"budget": "long"}))

@@ -303,6 +303,23 @@ def test_validation_imports_no_torch():
     assert r.returncode == 0 and r.stdout.split() == ["False", "False"], r.stderr
 
 
+def test_training_seed_sets_torch_deterministic_without_importing_inductor():
+    """torch.use_deterministic_algorithms imports torch._inductor (~2 s in every train stage)."""
+    code = ("import sys, torch; from pipeline.training.trainer import seed_everything; "
+            "seed_everything(0, torch.device('cpu')); "
+            "print(torch.are_deterministic_algorithms_enabled(), "
+            "torch.is_deterministic_algorithms_warn_only_enabled(), "
+            "'torch._inductor' in sys.modules)")
+    r = _run(["-c", code])
+    assert r.returncode == 0 and r.stdout.split() == ["True", "True", "False"], r.stderr
+
+
+def test_report_stage_imports_no_torch():
+    """The report reads JSON and draws PNGs: importing torch cost it ~4 s of its ~25 s."""
+    r = _run(["-c", "import sys, stages.report; print('torch' in sys.modules)"])
+    assert r.returncode == 0 and r.stdout.split() == ["False"], r.stderr
+
+
 def test_train_stage_rejects_a_typo_before_any_work(tmp_path):
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["methods"]["sssnet"]["epcohs"] = 1

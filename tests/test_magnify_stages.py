@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -181,8 +182,39 @@ def test_magnify_stage_writes_latents_frames_and_offsets(trained, tmp_path):
             expected = model.magnified_difference(onset, frame, 10.0)[0].numpy()
         np.testing.assert_allclose(every[k], expected, rtol=2e-3, atol=2e-3)
     assert not np.allclose(every[0], every[W - 1])
+    # k = 0 is the apex frame itself: its entry is latent/onset_apex, not encoded twice
+    np.testing.assert_array_equal(every[0], mag.read("latent/onset_apex", i))
     fc.close()
     mag.close()
+    # the float16 latents are stored without gzip (they barely compress), the frames with it
+    with h5py.File(out, "r") as h5:
+        assert h5["latent/onset_pseudo_all"].compression is None
+        assert h5["latent/onset_apex"].compression is None
+        assert h5["frames/oh/alpha6/apex"].compression == "gzip"
+
+
+def test_window_at_the_apex_reuses_its_latent_and_matches_encoding_it(trained):
+    from pipeline.magnification.magnify import _oh_outputs
+
+    model, _ = load_magnifier(trained / "models" / "oh.pt")
+    rng = np.random.default_rng(1)
+    onset, apex = (torch.from_numpy(rng.uniform(-1, 1, (2, 3, S, S)).astype(np.float32))
+                   for _ in range(2))
+    window = torch.stack([apex, apex.roll(1, dims=-1), apex.roll(2, dims=-1)], dim=1)
+    offsets = np.array([2, 0])
+    kwargs = dict(latent_alpha=10.0, latent_kind="difference", alphas=[], window=window,
+                  offsets=offsets)
+    with torch.no_grad():
+        reused = _oh_outputs(model, onset, apex, apex, window_starts_at_apex=True, **kwargs)
+        encoded = _oh_outputs(model, onset, apex, apex, window_starts_at_apex=False, **kwargs)
+    assert reused["latent/onset_pseudo_all"].shape == (2, 3, 32, S // 2, S // 2)
+    np.testing.assert_array_equal(reused["latent/onset_pseudo_all"][:, 0],
+                                  reused["latent/onset_apex"])
+    np.testing.assert_allclose(reused["latent/onset_pseudo_all"].astype(np.float32),
+                               encoded["latent/onset_pseudo_all"].astype(np.float32),
+                               rtol=2e-3, atol=2e-3)
+    np.testing.assert_array_equal(reused["latent/onset_pseudo"],
+                                  reused["latent/onset_pseudo_all"][[0, 1], offsets])
 
 
 def test_magnify_needs_the_crops_at_the_flow_size(trained, tmp_path):

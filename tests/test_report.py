@@ -42,6 +42,9 @@ def metrics_dir(tmp_path_factory):
     pd.DataFrame({"fold": ["casme"] * 3 + ["samm"] * 3, "epoch": [1, 2, 3] * 2,
                   "train_loss": [0.7, 0.5, 0.4, 0.8, 0.6, 0.5], "lr": 1e-3}).to_csv(
         out / "sssnet" / "curves.csv", index=False)
+    # and its training budget (run_method writes "epochs" for trained methods only)
+    ours = json.loads((out / "sssnet.json").read_text())
+    write_json(out / "sssnet.json", {**ours, "epochs": 6})
     return out
 
 
@@ -64,10 +67,14 @@ def test_report_tables_figures_and_summary(metrics_dir, tmp_path):
     ours = json.loads((metrics_dir / "sssnet.json").read_text())
     row = next(line for line in md.splitlines() if line.startswith("| sssnet |"))
     assert f"{ours['f1_mean']:.3f} / 0.405" in row
-    # the AUC beside the F1 (ours only): the cell after the per-database mean
+    # the training budget after the data label, "–" for a constant predictor
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[4] == f"{ours['auc_mean']:.3f}"
-    assert cells[6].endswith(f", {ours['auc_per_au']['AU1']:.3f}")
+    assert cells[1:3] == ["standin-quick", "6"]
+    constant = next(line for line in md.splitlines() if line.startswith("| constant_positive |"))
+    assert [c.strip() for c in constant.strip("|").split("|")][2] == "–"
+    # the AUC beside the F1 (ours only): the cell after the per-database mean
+    assert cells[5] == f"{ours['auc_mean']:.3f}"
+    assert cells[7].endswith(f", {ours['auc_per_au']['AU1']:.3f}")
     assert "/ 0.875" in row
     assert "Khor et al., SCIA 2025, Table 1" in md
     emo_rows = [line for line in md.splitlines() if line.startswith("| majority_loso |")]
@@ -107,9 +114,10 @@ def test_real_data_is_not_labelled_stand_in(tmp_path):
     write_report(metrics, ["a"], {"a": None}, tmp_path / "r", tmp_path / "s.json")
     md = (tmp_path / "r" / "report.md").read_text()
     assert "STAND-IN" not in md and "real data" in md
-    # a metrics file without the AUC fields (written before them) shows "–"
+    # a metrics file without the epochs and AUC fields (written before them) shows "–"
     row = next(line for line in md.splitlines() if line.startswith("| a |"))
-    assert [c.strip() for c in row.strip("|").split("|")][4] == "–"
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2] == "–" and cells[5] == "–"
 
 
 def test_missing_or_malformed_metrics_named(tmp_path):

@@ -106,6 +106,10 @@ class CacheWriter:
         The parameters that produced the file (stored as JSON, compared by readers).
     compression : str or None
         HDF5 filter (``"gzip"`` by default, with byte shuffle).
+    compress_float : bool
+        False: floating-point datasets are stored without the filter (integer ones keep it).  The
+        magnified latents (float16) shrink by only ~16 % under gzip + shuffle at ~25x the write
+        time and ~8x the read time (measured on the quick stand-in's ``magnified.h5``).
 
     Use as a context manager; on an exception the temporary file is discarded::
 
@@ -114,7 +118,8 @@ class CacheWriter:
     """
 
     def __init__(self, path: str | os.PathLike, schema: str, params: Mapping[str, Any],
-                 compression: str | None = "gzip", compression_opts: int | None = 4):
+                 compression: str | None = "gzip", compression_opts: int | None = 4,
+                 compress_float: bool = True):
         if schema not in SCHEMA_VERSIONS:
             raise ValueError(f"unknown cache schema {schema!r}; known: {sorted(SCHEMA_VERSIONS)}")
         self.path = Path(path)
@@ -122,6 +127,7 @@ class CacheWriter:
         self.params = json.loads(json.dumps(params, sort_keys=True, default=str))
         self._compression = compression
         self._compression_opts = compression_opts if compression == "gzip" else None
+        self._compress_float = bool(compress_float)
         self._ctx = atomic_path(self.path, suffix=".h5")
         self._tmp = self._ctx.__enter__()
         try:
@@ -155,12 +161,14 @@ class CacheWriter:
             self._names = names
             for name in names:
                 arr = np.asarray(arrays[name])
+                filtered = arr.ndim > 0 and bool(self._compression) and (
+                    self._compress_float or not np.issubdtype(arr.dtype, np.floating))
                 self._h5.create_dataset(
                     name, shape=(0, *arr.shape), maxshape=(None, *arr.shape), dtype=arr.dtype,
                     chunks=(1, *arr.shape) if arr.ndim else (1024,),
-                    compression=self._compression if arr.ndim else None,
-                    compression_opts=self._compression_opts if arr.ndim else None,
-                    shuffle=bool(self._compression) and arr.ndim > 0, track_times=False,
+                    compression=self._compression if filtered else None,
+                    compression_opts=self._compression_opts if filtered else None,
+                    shuffle=filtered, track_times=False,
                 )
         elif names != self._names:
             raise ValueError(f"{self.path}: sample {sample_id!r} gives {names}, expected {self._names}")

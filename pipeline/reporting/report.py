@@ -90,8 +90,9 @@ def au_table(metrics: Mapping[str, dict], published: Mapping[str, Published | No
     Returns
     -------
     DataFrame
-        Columns ``method, data, f1_mean, paper_f1_mean, f1_database_mean, auc_mean, n_samples,
-        source``, ``f1_mean_sd``, ``f1_database_mean_sd``, ``auc_mean_sd`` (NaN for one seed),
+        Columns ``method, data, epochs`` (the training budget; None for a constant predictor or
+        a metrics file written before it), ``f1_mean, paper_f1_mean, f1_database_mean, auc_mean,
+        n_samples, source``, ``f1_mean_sd``, ``f1_database_mean_sd``, ``auc_mean_sd`` (NaN for one seed),
         ``n_seeds`` and, per AU, ``<AU>``, ``paper_<AU>`` and ``auc_<AU>`` (ROC AUC of the pooled
         scores, ours only — the papers publish F1; NaN in metrics files written before it).
     """
@@ -100,7 +101,7 @@ def au_table(metrics: Mapping[str, dict], published: Mapping[str, Published | No
         if d["task"] != "au":
             continue
         pub = published.get(m)
-        row = {"method": m, "data": d["data"], "f1_mean": d["f1_mean"],
+        row = {"method": m, "data": d["data"], "epochs": d.get("epochs"), "f1_mean": d["f1_mean"],
                "paper_f1_mean": pub.f1_mean if pub and pub.f1_mean is not None else np.nan,
                "f1_database_mean": d["f1_database_mean"],
                "auc_mean": _num(d.get("auc_mean")), "n_samples": d.get("n_samples"),
@@ -122,7 +123,7 @@ def emotion_table(metrics: Mapping[str, dict],
     Returns
     -------
     DataFrame
-        Columns ``method, data, result, database, classes, n_samples, accuracy, uf1, uar,
+        Columns ``method, data, epochs, result, database, classes, n_samples, accuracy, uf1, uar,
         accuracy_sd, uf1_sd, uar_sd`` (NaN for one seed), ``n_seeds, paper_accuracy, paper_uf1,
         paper_uar, source``.
     """
@@ -139,7 +140,8 @@ def emotion_table(metrics: Mapping[str, dict],
             paper = pub.results.get(key, {}) if pub else {}
             sd = ((d.get("sd") or {}).get("results") or {}).get(key) or {}
             rows.append({
-                "method": m, "data": d["data"], "result": key, "database": db, "classes": classes,
+                "method": m, "data": d["data"], "epochs": d.get("epochs"), "result": key,
+                "database": db, "classes": classes,
                 "n_samples": r.get("n_samples"),
                 **{k: r.get(k, np.nan) for k in EMOTION_KEYS},
                 **{f"{k}_sd": sd.get(k, np.nan) for k in EMOTION_KEYS},
@@ -220,13 +222,18 @@ def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str
     return "\n".join(lines)
 
 
+def _epochs(value: Any) -> str:
+    """The training budget's epochs, "–" for a constant predictor (or an older metrics file)."""
+    return "–" if value is None or pd.isna(value) else str(int(value))
+
+
 def _au_cells(au: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    header = ["method", "data", "F1 mean (ours / paper)", "per-database mean",
+    header = ["method", "data", "epochs", "F1 mean (ours / paper)", "per-database mean",
               "AUC mean (ours)", "n", *[f"{a} F1 (ours / paper), AUC" for a in CD6ME_AUS]]
     rows = []
     near = _within_spread(au["f1_mean"], au.get("f1_mean_sd", pd.Series(dtype=float)))
     for i, r in au.iterrows():
-        rows.append([r["method"], r["data"],
+        rows.append([r["method"], r["data"], _epochs(r.get("epochs")),
                      f"{_with_sd(r['f1_mean'], r.get('f1_mean_sd'), near[i])} / "
                      f"{_fmt(r['paper_f1_mean'])}",
                      _with_sd(r["f1_database_mean"], r.get("f1_database_mean_sd")),
@@ -237,12 +244,13 @@ def _au_cells(au: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
 
 
 def _emo_cells(emo: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    header = ["method", "data", "database", "classes", "n", "Acc (ours / paper)",
+    header = ["method", "data", "epochs", "database", "classes", "n", "Acc (ours / paper)",
               "UF1 (ours / paper)", "UAR (ours / paper)"]
     rows = []
     near = {k: _within_spread(emo[k], emo[f"{k}_sd"], emo["result"]) for k in EMOTION_KEYS}
     for i, r in emo.iterrows():
-        rows.append([r["method"], r["data"], r["database"], str(r["classes"]), str(r["n_samples"]),
+        rows.append([r["method"], r["data"], _epochs(r.get("epochs")), r["database"],
+                     str(r["classes"]), str(r["n_samples"]),
                      *[f"{_with_sd(r[k], r[f'{k}_sd'], near[k][i])} / {_fmt(r[f'paper_{k}'])}"
                        for k in EMOTION_KEYS]])
     return header, rows
@@ -362,7 +370,9 @@ def write_report(metrics_dir: str | os.PathLike, methods: Sequence[str],
     emo_title = f"LOSO emotion recognition — {data_tag(emo['data'].tolist()) if len(emo) else tag}"
     md = [f"# Micro-expression methods compared with the published numbers — {tag}", "",
           "Values are fractions in [0, 1]; “ours / paper”, – where the paper gives no number. "
-          "Published numbers were obtained on the real databases."]
+          "Published numbers were obtained on the real databases. “epochs”: each trained "
+          "method's training budget (`params.yaml`: `train.budget: quick` trains most methods "
+          "one epoch, a check that they run; `learn`, the budgets they learn the stand-in in)."]
     if any(lab.startswith("standin") for lab in labels):
         md += ["", "**These results come from the stand-in benchmark (simulated micro-expressions "
                "on real faces). They exercise the pipeline and say nothing about accuracy on the "

@@ -10,6 +10,8 @@ predictor), and writes:
   emotion: ``{"task": "emotion", "protocol": "loso", "data", "results": {"casme2-5": {"accuracy",
   "uf1", "uar", "n_samples"}, …, "composite-3": {…}, "composite-3/casme2": {…}, …}}`` (the
   composite is also reported per database, on its pooled predictions restricted to that database);
+  a trained method's file also has ``"epochs"``, its training budget (``train.budget`` quick or
+  learn, :mod:`pipeline.params`), so that ``dvc metrics diff`` and the report show it;
 * ``metrics/<method>/folds/<fold>.json`` — the same fields for that fold (plus ``fold``,
   ``held_out``, ``n_train``, ``selected_epoch``, ``seed``; LOSO also
   ``classes_absent_from_training``: classes of the test part with no training sample);
@@ -48,6 +50,7 @@ import torch
 from tqdm import tqdm
 
 from pipeline.io import atomic_path, write_json
+from pipeline.params import method_params  # noqa: F401  (re-exported: its former home)
 from pipeline.training.data import FeatureStore
 from pipeline.training.metrics import au_fold_summary, cd6me_summary, emotion_metrics
 from pipeline.training.protocols import (
@@ -94,36 +97,6 @@ class RunPaths:
         self.folds = self.metrics / "folds"
         for d in (self.models, self.metrics, self.folds):
             d.mkdir(parents=True, exist_ok=True)
-
-
-def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def method_params(params: Mapping[str, Any], name: str) -> dict[str, Any]:
-    """The resolved ``methods.<name>`` section merged over the shared ``train:`` section.
-
-    Both are resolved for the ``config`` switch first (:func:`pipeline.params.section`), so a
-    method's ``paper:`` block and ``train.paper`` both apply under ``config: paper``, and the
-    method's ``learn:`` block under ``train.budget: learn`` (:func:`pipeline.params.apply_budget`);
-    ``budget`` itself is not passed on.
-
-    Raises
-    ------
-    pipeline.params.ParamsError
-        If ``methods.<name>`` does not exist.
-    """
-    from pipeline.params import section
-
-    shared = section("train", params) if "train" in params else {}
-    shared.pop("budget", None)
-    return _deep_merge(shared, section(f"methods.{name}", params))
 
 
 def data_label(params: Mapping[str, Any]) -> str:
@@ -497,6 +470,8 @@ def run_method(name: str, params: Mapping[str, Any], samples: pd.DataFrame,
                         device)
     finally:
         torch.set_num_threads(threads)
+    if spec.constant is None:
+        result["epochs"] = int(settings.epochs)
     if published and spec.task == "au":
         result["paper"] = dict(published)
     write_json(paths.json, result)

@@ -19,8 +19,9 @@ run seed ``seed`` of ``params.yaml``), every run under the same folds.  Layout o
 
 Choices (none of the papers fixes them): the sample standard deviation (n − 1; undefined, so not
 written, for one seed); integers equal in every seed (sample counts) are kept as integers and get
-no ``sd``; numbers that are not measured by the run (the published ``paper`` block) are copied
-from the first seed; strings and other fields must agree across seeds.
+no ``sd``; numbers that are not measured by the run (the published ``paper`` block, the training
+budget ``epochs``) are copied from the first seed; strings and other fields must agree across
+seeds.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ log = logging.getLogger("train")
 __all__ = ["NOT_MEASURED", "SeedError", "aggregate_seeds", "resolve_seeds", "run_method_seeds"]
 
 #: Top-level fields that are not measured by the run (copied, never averaged).
-NOT_MEASURED: tuple[str, ...] = ("paper",)
+NOT_MEASURED: tuple[str, ...] = ("paper", "epochs")
 
 
 class SeedError(ValueError):

@@ -153,12 +153,24 @@ def resolve_device(name: str) -> torch.device:
 
 
 def seed_everything(seed: int, device: torch.device) -> None:
-    """Seed Python, NumPy and torch; deterministic algorithms on the CPU."""
+    """Seed Python, NumPy and torch; deterministic algorithms on the CPU (:func:`deterministic`)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     if device.type == "cpu":
+        deterministic()
+
+
+def deterministic() -> None:
+    """``torch.use_deterministic_algorithms(True, warn_only=True)`` without its import of
+    ``torch._inductor`` (about 2 s per process, once in every train stage): that wrapper only
+    adds inductor's own flag for ``torch.compile``, which the project does not use, to torch's
+    global flag set here.  Falls back to the wrapper where torch lacks the setter."""
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is None:
         torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        setter(True, warn_only=True)
 
 
 def _worker_init(worker_id: int) -> None:  # pragma: no cover - runs in DataLoader workers
