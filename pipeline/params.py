@@ -11,7 +11,7 @@ on the stand-in.  With ``train.budget: learn`` (and ``config: quick``) its keys 
 section's own before any ``paper:`` block would; with ``train.budget: quick`` (the default: the
 whole quick ``dvc repro`` within 20 minutes on 2 CPU cores) and under ``config: paper`` the
 ``learn:`` blocks are ignored.  :func:`apply_budget` does this on the whole file and
-:func:`pipeline.training.run.method_params` for one method; only the ``train@<method>`` stages
+:func:`method_params` for one method; only the ``train@<method>`` stages
 depend on ``train``, so ``dvc exp run -S train.budget=learn`` re-runs the training and not the
 preprocessing.
 
@@ -79,6 +79,10 @@ def errors(params: Mapping[str, Any]) -> list[str]:
     """
     from pipeline.params_schema import check
 
+    try:
+        apply_budget(params, "learn")
+    except ParamsError as exc:  # a learn: block that is not a mapping
+        return [str(exc)]
     quick = check(resolve(apply_budget(params, "quick"), "quick"))
     paper = [e for e in check(resolve(apply_budget(params, "quick"), "paper")) if e not in quick]
     learn = [e for e in check(resolve(apply_budget(dict(params, config="quick"), "learn"), "quick"))

@@ -270,6 +270,9 @@ PROBES = {
                     "(train.budget: learn)"),
     "budget": (("train", "budget"), "long",
                "train.budget: expected quick | learn, got 'long'"),
+    "learn not a mapping": (("methods", "sssnet", "learn"), 10,
+                            "methods.sssnet.learn: expected a mapping of the section's keys, "
+                            "got 10"),
     "null": (("faces", "sizes"), None, "faces.sizes: expected a list, got null"),
     "choice": (("data", "source"), "reel",
                "data.source: expected standin | real, got 'reel' (did you mean 'real'?)"),
