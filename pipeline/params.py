@@ -80,30 +80,15 @@ def errors(params: Mapping[str, Any]) -> list[str]:
     from pipeline.params_schema import check
 
     try:
-        apply_budget(params, "learn")
+        learned = apply_budget(dict(params, config="quick"), "learn")
     except ParamsError as exc:  # a learn: block that is not a mapping
         return [str(exc)]
-    quick = check(resolve(apply_budget(params, "quick"), "quick"))
-    paper = [e for e in check(resolve(apply_budget(params, "quick"), "paper")) if e not in quick]
-    learn = [e for e in check(resolve(apply_budget(dict(params, config="quick"), "learn"), "quick"))
-             if e not in quick and e not in paper]
+    base = apply_budget(params, "quick")
+    quick = check(resolve(base, "quick"))
+    paper = [e for e in check(resolve(base, "paper")) if e not in quick]
+    learn = [e for e in check(resolve(learned, "quick")) if e not in quick and e not in paper]
     return (quick + [f"{e} (config: paper)" for e in paper]
             + [f"{e} (train.budget: learn)" for e in learn])
-
-
-def budget_of(params: Mapping[str, Any]) -> str:
-    """``train.budget`` of the raw parameter mapping (``"quick"`` when absent).
-
-    Raises
-    ------
-    ParamsError
-        If it is not one of :data:`BUDGETS`.
-    """
-    train = params.get("train") if isinstance(params.get("train"), Mapping) else {}
-    budget = train.get("budget", "quick")
-    if budget not in BUDGETS:
-        raise ParamsError(f"train.budget must be one of {BUDGETS}, got {budget!r}")
-    return str(budget)
 
 
 def apply_budget(params: Mapping[str, Any], budget: str | None = None) -> dict[str, Any]:
@@ -114,7 +99,7 @@ def apply_budget(params: Mapping[str, Any], budget: str | None = None) -> dict[s
     params : mapping
         The raw parameter file (``paper:`` blocks not yet resolved).
     budget : {"quick", "learn"}, optional
-        Default: the file's own ``train.budget`` (:func:`budget_of`).  ``"learn"`` merges each
+        Default: the file's own ``train.budget`` (``"quick"`` when absent).  ``"learn"`` merges each
         method's ``learn:`` block over its section (recursively, before ``paper:`` blocks are
         resolved); ``"quick"`` drops the blocks.  Under ``config: paper`` the blocks are always
         dropped: the papers' settings do not depend on the quick budget.
@@ -124,7 +109,9 @@ def apply_budget(params: Mapping[str, Any], budget: str | None = None) -> dict[s
     ParamsError
         On an unknown budget, or a ``learn:`` that is not a mapping.
     """
-    budget = budget_of(params) if budget is None else budget
+    if budget is None:
+        train = params.get("train")
+        budget = train.get("budget", "quick") if isinstance(train, Mapping) else "quick"
     if budget not in BUDGETS:
         raise ParamsError(f"train.budget must be one of {BUDGETS}, got {budget!r}")
     out = dict(params)

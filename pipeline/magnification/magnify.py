@@ -113,12 +113,13 @@ def _oh_outputs(model: OhMagNet, onset: torch.Tensor, apex: torch.Tensor, pseudo
     else:
         b, n_k = window.shape[:2]
         k0 = 1 if window_starts_at_apex else 0
-        lat = out["latent/onset_apex"][:, None][:, :k0]
+        parts = [out["latent/onset_apex"][:, None]] if k0 else []
         if n_k > k0:
             _, m_w = model.encode(window[:, k0:].reshape(b * (n_k - k0), *window.shape[2:]))
             m_on_k = m_on.repeat_interleave(n_k - k0, dim=0)
             rest = _latent(model, m_on_k, m_w, latent_alpha, pick, "onset_pseudo_all")
-            lat = np.concatenate([lat, rest.reshape(b, n_k - k0, *rest.shape[1:])], axis=1)
+            parts.append(rest.reshape(b, n_k - k0, *rest.shape[1:]))
+        lat = np.concatenate(parts, axis=1)
         out["latent/onset_pseudo_all"] = lat
         out["latent/onset_pseudo"] = np.ascontiguousarray(lat[np.arange(b), offsets])
     for a in alphas:
