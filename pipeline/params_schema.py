@@ -188,6 +188,7 @@ SECTIONS: dict[str, Key] = {
         "seed": Int(None, min=0, nullable=True),
         "faces_dir": PATH, "landmarker_model": PATH,
         "n_jobs": Int(-1), "out": Str("data/standin", what="a path"),
+        "amplitude_scale": Float(1.0, gt=0.0),
     }),
     "index": Map({
         "max_bad_share": SHARE,

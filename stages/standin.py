@@ -1,8 +1,10 @@
 """DVC stage ``standin``: build the stand-in benchmark (STANDIN.md) into ``standin.out``.
 
 Reads the ``standin`` section of ``params.yaml`` (profile, seed, faces_dir, landmarker_model,
-n_jobs, out) and builds into a temporary folder beside ``out`` that replaces ``out`` only once the
-build has finished, so an interrupted run never leaves a half-written benchmark behind.
+n_jobs, out, amplitude_scale) and builds into a temporary folder beside ``out`` that replaces
+``out`` only once the build has finished, so an interrupted run never leaves a half-written
+benchmark behind.  ``amplitude_scale`` (ours, a diagnostic; 1 is the specified benchmark)
+multiplies the micro-expression apex amplitudes (:func:`pipeline.standin.profiles.get_profile`).
 
 With ``data.source: real`` nothing is built: ``out`` holds only ``NOT_BUILT.md`` (the stages
 downstream depend on ``data/standin`` in ``dvc.yaml``, so the real-data path must not need the
@@ -25,6 +27,7 @@ from pipeline.io import atomic_dir, start_stage
 from pipeline.params import load, section
 from pipeline.standin import build_standin
 from pipeline.standin.faces import StandinError
+from pipeline.standin.profiles import get_profile
 
 log = logging.getLogger("standin")
 
@@ -49,14 +52,15 @@ def main(argv: list[str] | None = None) -> dict:
         return {"profile": None, "databases": {}}
     start = time.perf_counter()
     with atomic_dir(out) as tmp:
-        report = build_standin(tmp, profile=p.get("profile", "quick"), seed=seed,
+        profile = get_profile(p.get("profile", "quick"), float(p.get("amplitude_scale", 1.0)))
+        report = build_standin(tmp, profile=profile, seed=seed,
                                faces_dir=p.get("faces_dir"),
                                landmarker_model=p.get("landmarker_model"),
                                n_jobs=int(p.get("n_jobs", -1)))
     rows = sum(d["rows"] for d in report["databases"].values())
-    log.info("stand-in (%s, seed %d): %d rows in %d databases written to %s in %.0f s",
-             report["profile"], seed, rows, len(report["databases"]), out,
-             time.perf_counter() - start)
+    log.info("stand-in (%s, seed %d, apex amplitudes %g–%g px): %d rows in %d databases written "
+             "to %s in %.0f s", report["profile"], seed, *profile.amplitude_px, rows,
+             len(report["databases"]), out, time.perf_counter() - start)
     return report
 
 

@@ -273,6 +273,8 @@ PROBES = {
     "learn not a mapping": (("methods", "sssnet", "learn"), 10,
                             "methods.sssnet.learn: expected a mapping of the section's keys, "
                             "got 10"),
+    "amplitude scale": (("standin", "amplitude_scale"), 0,
+                        "standin.amplitude_scale: expected a number > 0, got 0"),
     "null": (("faces", "sizes"), None, "faces.sizes: expected a list, got null"),
     "choice": (("data", "source"), "reel",
                "data.source: expected standin | real, got 'reel' (did you mean 'real'?)"),

@@ -235,6 +235,40 @@ def test_stage_rebuild_is_byte_identical(standin_tiny, tmp_path, faces_dir, land
     assert not [p for p in (tmp_path / "data").iterdir() if p.name.startswith(".")]  # no temp left
 
 
+def test_stage_amplitude_scale_renders_larger_motions_and_labels_the_metrics(
+        standin_tiny, tmp_path, faces_dir, landmarker_model):
+    from pipeline.training.run import data_label
+    from stages import standin as stage
+
+    params = {"config": "quick", "seed": 0,
+              "standin": {"profile": "tiny", "seed": 0, "faces_dir": str(faces_dir),
+                          "landmarker_model": str(landmarker_model), "n_jobs": 1,
+                          "out": str(tmp_path / "standin"), "amplitude_scale": 2.0}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    stage.main(["--params", str(tmp_path / "params.yaml")])
+    build = json.loads((tmp_path / "standin" / "ground_truth" / "build.json").read_text())
+    assert build["amplitude_px"] == [0.5, 5.0]
+    n = 0
+    for key in ("casme", "casme2", "fourd"):
+        for a, b in zip(_gt(standin_tiny, key), _gt(tmp_path / "standin", key), strict=True):
+            assert (a["subject"], a["material"]) == (b["subject"], b["material"])
+            for x, y in zip(a["aus"], b["aus"], strict=True):
+                if x["au"] == 45 or x["k_marked"]:
+                    assert y["requested_px"] == x["requested_px"]
+                    continue
+                n += 1
+                assert y["requested_px"] == pytest.approx(2 * x["requested_px"], abs=2e-4)
+                if y["capped"]:  # the renderer's cap: at least the unscaled amplitude
+                    assert y["amplitude_px"] >= x["amplitude_px"] - 1e-4
+                else:
+                    assert y["amplitude_px"] == pytest.approx(y["requested_px"])
+    assert n >= 10
+    assert data_label(params) == "standin-tiny-amp2"
+    assert data_label(dict(params, standin={"profile": "quick", "amplitude_scale": 1.0})) == \
+        "standin-quick"
+    assert data_label(dict(params, data={"source": "real"})) == "real"
+
+
 def test_stage_failure_leaves_no_output(tmp_path):
     from stages import standin as stage
 
@@ -551,3 +585,35 @@ def test_shipped_manifest_matches_the_photos(faces_dir):
     assert (faces_dir / e.file).stat().st_size == e.bytes
     assert all(e.url.startswith("https://raw.githubusercontent.com/debruine/webmorphR.stim/")
                for e in entries)
+
+
+def _differences(a, b, path=()):
+    """(path, a, b) of every leaf where two plan dicts differ."""
+    if isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys():
+        return [d for k in a for d in _differences(a[k], b[k], path + (k,))]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in _differences(x, y, path + (i,))]
+    return [] if a == b else [(path, a, b)]
+
+
+def test_amplitude_scale_multiplies_the_micro_apex_amplitudes_and_nothing_else():
+    assert get_profile("quick", 3).amplitude_px == pytest.approx((0.75, 7.5))
+    assert get_profile("quick", 1.0) == get_profile("quick")
+    base = plan_only("quick", seed=3).to_dict()
+    big = plan_only(get_profile("quick", amplitude_scale=3.0), seed=3).to_dict()
+    diffs = _differences(base, big)
+    amps = [(p, a, b) for p, a, b in diffs if p[-1] == "amplitude_px"]
+    # the same draws: every micro AU (distractors included) ×3; blinks and 4DME's (k) AUs not
+    assert len(amps) > 400
+    for path, a, b in amps:
+        assert b == pytest.approx(3 * a, rel=1e-12), path
+    micro = [action for db in base["databases"].values() for clip in db["clips"]
+             for ev in clip["events"] if ev["kind"] == "micro" for action in ev["actions"]]
+    assert len(amps) == sum(not x["k_marked"] and x["au"] != 45 for x in micro)
+    # otherwise only SAMM's intensity letters follow the amplitude
+    others = [(p, a, b) for p, a, b in diffs if p[-1] != "amplitude_px"]
+    assert others and all(p[:2] == ("databases", "samm") for p, _, _ in others), others[:3]
+    assert {p[-1] for p, _, _ in others} <= {"intensity", "au_cell", "label_aus"}
+    for bad in (0, -1.0, float("nan"), True, "3"):
+        with pytest.raises(ValueError, match="amplitude_scale must be a positive number"):
+            get_profile("quick", bad)

@@ -222,14 +222,37 @@ def _build(name: str, table: dict, **overrides) -> Profile:
     return Profile(name=name, databases=dbs)
 
 
-def get_profile(name: str) -> Profile:
+def get_profile(name: str, amplitude_scale: float = 1.0) -> Profile:
     """The named profile: ``"quick"``, ``"full"`` or ``"tiny"``.
+
+    Parameters
+    ----------
+    name : str
+    amplitude_scale : float
+        Multiplies both ends of the micro-expression apex amplitude range ``amplitude_px``
+        (STANDIN.md item 4: 0.25–2.5 native pixels).  Ours, a diagnostic (does a method learn
+        larger motions?), not part of the stand-in's specification; 1 is the specified
+        benchmark.  The label plan draws the same random numbers at any scale, so every requested
+        apex amplitude is multiplied by it (the renderer may still cap an amplitude, recorded in
+        the ground truth as ``capped``); macro-expressions, blinks and 4DME's ``(k)`` AUs keep
+        theirs.
 
     Raises
     ------
     ValueError
-        For any other name.
+        For any other name, or an ``amplitude_scale`` that is not a positive finite number.
     """
+    if (isinstance(amplitude_scale, bool) or not isinstance(amplitude_scale, int | float)
+            or not math.isfinite(amplitude_scale) or amplitude_scale <= 0):
+        raise ValueError(f"amplitude_scale must be a positive number, got {amplitude_scale!r}")
+    prof = _named_profile(name)
+    if amplitude_scale == 1:
+        return prof
+    lo, hi = prof.amplitude_px
+    return replace(prof, amplitude_px=(lo * amplitude_scale, hi * amplitude_scale))
+
+
+def _named_profile(name: str) -> Profile:
     if name == "full":
         return _build("full", _FULL)
     if name == "quick":

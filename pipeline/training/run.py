@@ -100,12 +100,18 @@ class RunPaths:
 
 
 def data_label(params: Mapping[str, Any]) -> str:
-    """``"real"``, or ``"standin-<profile>"`` from ``data.source`` and ``standin.profile``."""
+    """``"real"``, or ``"standin-<profile>"`` from ``data.source`` and ``standin.profile``.
+
+    A stand-in built with ``standin.amplitude_scale`` k ≠ 1 (a diagnostic) is
+    ``"standin-<profile>-amp<k>"``, so that its scores are never shown as the benchmark's.
+    """
     source = (params.get("data") or {}).get("source", "standin")
     if source == "real":
         return "real"
-    profile = (params.get("standin") or {}).get("profile", "quick")
-    return f"standin-{profile}"
+    standin = params.get("standin") or {}
+    label = f"standin-{standin.get('profile', 'quick')}"
+    scale = float(standin.get("amplitude_scale", 1.0))
+    return label if scale == 1 else f"{label}-amp{scale:g}"
 
 
 def _context(name: str, spec: MethodSpec, fold: Fold, n_outputs: int, names: Sequence[str],
@@ -435,7 +441,7 @@ def run_method(name: str, params: Mapping[str, Any], samples: pd.DataFrame,
         ``data/features``.
     paths : RunPaths
     label : str
-        The ``data`` field: ``standin-quick`` | ``standin-full`` | ``real``.
+        The ``data`` field: ``standin-quick`` | ``standin-full`` | ``real`` (:func:`data_label`).
     seed : int
         Run seed (``seed`` of ``params.yaml``).
     published : mapping, optional
