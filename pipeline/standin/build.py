@@ -150,8 +150,8 @@ def build_standin(out: str | os.PathLike, profile: str | Profile = "quick", seed
     gt_dir = out / "ground_truth"
     gt_dir.mkdir()
     report = {"profile": prof.name, "seed": int(seed), "pipeline_version": __version__,
-              "amplitude_px": list(prof.amplitude_px), "databases": {}, "photos": {"available": len(photos), "used": [],
-                                          "skipped": skipped}}
+              "amplitude_px": list(prof.amplitude_px), "databases": {},
+              "photos": {"available": len(photos), "used": [], "skipped": skipped}}
     for key, db in plan.databases.items():
         root = out / key
         write_sheet(db, root)
