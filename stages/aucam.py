@@ -20,10 +20,10 @@ import sys
 import torch
 
 from pipeline.io import start_stage, write_json
-from pipeline.params import load, section
+from pipeline.params import load, method_params, section
 from pipeline.training.data import read_samples
 from pipeline.training.methods_mimicking import render_aucam_figure
-from pipeline.training.run import data_label, method_params
+from pipeline.training.run import data_label
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,11 +19,11 @@ import sys
 
 from pipeline.features.cache import CacheError
 from pipeline.io import atomic_dir, start_stage
-from pipeline.params import ParamsError, load
+from pipeline.params import ParamsError, load, method_params
 from pipeline.reporting.published import published_for
 from pipeline.training.data import read_samples
 from pipeline.training.registry import MethodError
-from pipeline.training.run import data_label, method_params
+from pipeline.training.run import data_label
 from pipeline.training.seeds import resolve_seeds, run_method_seeds
 from pipeline.training.trainer import TrainingError
 

@@ -21,6 +21,7 @@ import yaml
 
 from pipeline.features.cache import CacheError, FeatureCache
 from pipeline.models.infusenet import PAPER_F1, PUBLISHED_KEYS, build_infusenet_variant
+from pipeline.params import method_params
 from pipeline.reporting.published import PUBLISHED
 from pipeline.training.data import FeatureStore, read_samples
 from pipeline.training.methods_infusenet import (
@@ -34,7 +35,7 @@ from pipeline.training.methods_infusenet import (
 )
 from pipeline.training.protocols import CD6ME_AUS, cd6me_table
 from pipeline.training.registry import MethodError, build_method
-from pipeline.training.run import RunPaths, method_params, run_method
+from pipeline.training.run import RunPaths, run_method
 
 SIZE = 32  # cache side and model input side (px); the latent is 16 x 16
 TINY = {"family": "infusenet", "task": "au", "protocol": "cd6me", "epochs": 1, "batch_size": 16,

@@ -13,10 +13,11 @@ import torch
 import training_synth
 import yaml
 
+from pipeline.params import method_params
 from pipeline.training.data import FeatureStore, InputSpec, preprocess_flow, read_samples
 from pipeline.training.protocols import CD6ME_AUS, EMOTION_TASKS, fold_seed
 from pipeline.training.registry import MethodError, build_method, class_weights_inverse
-from pipeline.training.run import RunPaths, method_params, run_method, score_columns
+from pipeline.training.run import RunPaths, run_method, score_columns
 from pipeline.training.trainer import (
     TrainSettings,
     flow_hflip,

@@ -520,7 +520,7 @@ def build_fold_model(method: str, params: Mapping[str, Any], fold: str,
         Method name (``methods.<method>`` of ``params.yaml``, stage ``train@<method>``).
     params : mapping
         The method's resolved section merged over ``train:``
-        (:func:`pipeline.training.run.method_params`).
+        (:func:`pipeline.params.method_params`).
     fold : str
         Fold name (the held-out database, e.g. ``casme2``).
     models_dir : path
@@ -706,9 +706,9 @@ def render_gradcam_figure(columns: Sequence[GradcamColumn], params: Mapping[str,
     """
     from pipeline.features.cache import FeatureCache
     from pipeline.models.gradcam import gradcam_maps, save_gradcam_figure
+    from pipeline.params import method_params
     from pipeline.training.data import FeatureStore
     from pipeline.training.protocols import cd6me_table
-    from pipeline.training.run import method_params
 
     table = cd6me_table(samples)
     rows = select_gradcam_samples(table, fold, au, n_samples)

@@ -454,7 +454,7 @@ def render_aucam_figure(method: str, params: Mapping[str, Any], samples: pd.Data
     method : str
         A ``family: mimicking`` method (stage ``train@<method>``).
     params : mapping
-        Its resolved section merged over ``train:`` (:func:`pipeline.training.run.method_params`).
+        Its resolved section merged over ``train:`` (:func:`pipeline.params.method_params`).
     samples : DataFrame
         ``samples.csv``.
     features_dir, models_dir : path

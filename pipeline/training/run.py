@@ -50,7 +50,6 @@ import torch
 from tqdm import tqdm
 
 from pipeline.io import atomic_path, write_json
-from pipeline.params import method_params  # noqa: F401  (re-exported: its former home)
 from pipeline.training.data import FeatureStore
 from pipeline.training.metrics import au_fold_summary, cd6me_summary, emotion_metrics
 from pipeline.training.protocols import (
@@ -71,7 +70,7 @@ from pipeline.training.trainer import TrainSettings, checkpoint_path, fit_predic
 
 log = logging.getLogger("train")
 
-__all__ = ["RunPaths", "classes_absent_from_training", "data_label", "method_params", "run_method"]
+__all__ = ["RunPaths", "classes_absent_from_training", "data_label", "run_method"]
 
 EMOTION_METRIC_KEYS = ("accuracy", "uf1", "uar", "n_samples")
 
