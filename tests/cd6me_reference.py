@@ -55,7 +55,7 @@ CASME2_UPDATED_FIXES: dict[str, dict[int, int]] = {
 #: (255 rows): its only missing apex is row 29 (sub04 EP12_01f), also missing in meb's file at
 #: the same row; its other rows have the owners' own apexes, and meb's row numbers do not fit it
 #: (five of meb's apexes fall outside the 2019 rows' onset..offset — tested).  A documented
-#: difference (README, "Differences from the CD6ME tooling").
+#: difference (docs/databases.md, "Differences from the CD6ME tooling").
 CASME2_2019_FIXES: dict[str, dict[int, int]] = {"apex": {29: 279}}
 
 #: Sample counts meb gives on these files.

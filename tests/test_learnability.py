@@ -133,6 +133,6 @@ def test_sssnet_loso_beats_constants_and_is_not_perfect(tiny_flow):
                                                   for k in LOSO_KEYS)
     # measured at stand-in seed 7 (2026-12-01): UF1 0.335 against majority 0.245 and prevalence
     # draws 0.290 (20 epochs: 0.342).  108 samples of 12 subjects: the quick profile's 324 LOSO
-    # samples give SSSNet a margin of ~0.3 over the majority predictor (README, "Seed spread").
+    # samples give SSSNet a margin of ~0.3 over the majority predictor (docs/experiments.md).
     assert res["composite-3"]["uf1"] > max(constants) + 0.03
     assert res["composite-3"]["uf1"] < 0.95

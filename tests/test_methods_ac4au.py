@@ -335,7 +335,7 @@ def test_params_and_dvc_yaml_wire_train_ac4au():
     dvc = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]
     assert set(dvc["train"]["foreach"]["ac4au"].values()) == {"data/features/faces.h5"}
     assert {"metrics/ac4au.json", "metrics/ac4au"} <= set(dvc["report"]["deps"])
-    # the published keys the README's Table 2/3 experiments switch to
+    # the published keys docs/methods/ac4au.md's Table 2/3 experiments switch to
     assert published_for(section["published"]).f1_mean == pytest.approx(0.40508)
     table2 = {"no_pretraining": 0.22270, "no_frd": 0.27226, "no_auser": 0.29647, "bce": 0.32046,
               "gamma0.2": 0.36839, "gamma0.3": 0.35192, "gamma0.5": 0.34528, "gamma0.7": 0.30598}

@@ -22,8 +22,8 @@ Corrections and assumptions:
   EP12_01f, apex ``/``) the apex the CD6ME tooling estimated by optical flow (279); its other 20
   apexes and its offset fix (row 60) are for the rows of its own ``CASME2-coding-updated.xlsx``,
   which the 2019 revision numbers differently and already fills (five of its apexes fall outside
-  the 2019 rows' onset..offset), so they are not carried over (README, "Differences from the CD6ME
-  tooling").  Any other missing apex (``/``) → the middle frame; an offset beyond the folder's
+  the 2019 rows' onset..offset), so they are not carried over (docs/databases.md,
+  "Differences from the CD6ME tooling").  Any other missing apex (``/``) → the middle frame; an offset beyond the folder's
   last frame → the last frame (general rules of :mod:`pipeline.databases.base`, recorded).
 * Emotion: 5 classes disgust, happiness, repression, surprise, others (fear and sadness have no
   5-class label); 3 classes positive = happiness, negative = disgust + repression, surprise.

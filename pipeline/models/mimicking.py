@@ -18,7 +18,7 @@ Expressions", ACM MM 2022 (METHODS.md, "Annotation-mimicking dual-branch network
 Choices the paper leaves open (ours):
 
 * ``width``: channels of the stem and layer1 (ResNet18: 64, layers 64/128/256/512).  Quick runs
-  use a narrower ResNet18 (same depth, ``width`` 16); random initialisation (the paper does not
+  use a narrower ResNet18 (same depth, ``width`` 8 in params.yaml); random initialisation (the paper does not
   say whether the backbone is ImageNet-initialised).
 * Shuffle attention after layer3 *and* layer4 of each branch, ``sa_groups`` groups (SA-Net's
   G; ours 8), per-group parameters of shape (G, C/(2G)); the channel shuffle of SA-Net.

@@ -149,7 +149,7 @@ PUBLISHED: dict[str, Published] = {
         "AC4AU", _AC4AU, "au", 0.40508,
         _aus("0.589 0.571 0.772 0.448 0.068 0.342 0.309 0.250 0.345 0.475 0.367 0.325")),
     # AC4AU Table 2 (ablations) and Table 3 (γ), averages only; each is a `dvc exp run -S` of
-    # train@ac4au (README, "AC4AU").  Rows 2-5 of Table 2 and all of Table 3 are pre-trained.
+    # train@ac4au (docs/methods/ac4au.md).  Rows 2-5 of Table 2 and all of Table 3 are pre-trained.
     "ac4au_no_pretraining_cd6me": Published(
         "AC4AU without pre-training", _AC4AU_T2, "au", 0.22270,
         note="Table 2 row 1: MobileFaceNet trained from scratch (our quick default)"),
@@ -187,7 +187,7 @@ PUBLISHED: dict[str, Published] = {
         note="the paper's F1 is read as UF1; its text gives SAMM five-class F1 90.24 % where "
              "Table 2 prints 88.17 % (stored)"),
     # GAM-MM-MER ablations (Wu et al., Heliyon 2024, Table 3: architecture; Table 4: α), CASME
-    # II and SAMM only; each is a `dvc exp run -S` of train@gam_mm_mer (README, "GAM-MM-MER").
+    # II and SAMM only; each is a `dvc exp run -S` of train@gam_mm_mer (docs/methods/gam_mm_mer.md).
     **{f"gam_mm_mer_{key}_loso": Published(
         f"GAM-MM-MER, {label}", f"{_WU}, Table {table}", "emotion",
         results={"casme2-3": {"accuracy": c3[0], "uf1": c3[1]},
@@ -221,7 +221,7 @@ PUBLISHED: dict[str, Published] = {
                  "casme2-3": {"accuracy": 0.932, "uf1": 0.925, "uar": 0.924},
                  "samm-3": {"accuracy": 0.865, "uf1": 0.816, "uar": 0.805}}),
     # Ruan et al. Table 4 (ablations, five classes, Acc / UF1); each is a `dvc exp run -S` of
-    # train@mimicking (README, "Annotation-mimicking network").  Its "db + all" row equals
+    # train@mimicking (docs/methods/mimicking.md).  Its "db + all" row equals
     # Table 3's five-class numbers (mimicking_loso).  The apex-vs-magnified flow choice
     # (Sec. 4.3) has no published numbers.
     **{key: Published(name, _RUAN4, "emotion",

@@ -46,7 +46,7 @@ trainer keys — epochs, batch_size, optimizer, scheduler, … — of :mod:`pipe
     left out take the paper's values.  An unknown key is an error.
 
 Ablations of the paper's Table 2 and Table 3 are ``dvc exp run -S methods.ac4au.model.<key>=…``
-away (README, "AC4AU"); their published numbers are the ``ac4au_*_cd6me`` entries of
+away (docs/methods/ac4au.md); their published numbers are the ``ac4au_*_cd6me`` entries of
 :data:`pipeline.reporting.published.PUBLISHED` (``-S methods.ac4au.published=<key>`` puts the
 matching one beside the run in the report).
 """

@@ -50,7 +50,7 @@ Parameters (section ``methods.<name>``, ``family: gam_mm_mer``; besides the shar
     difference to the onset crop ``faces.h5`` ``crop<crop_size>/onset``, (apex − onset + 1) / 2,
     six channels per patch.  Not in the paper: ST-MEMM's output carries the onset's texture, so
     the difference keeps the magnified motion and drops the identity, the main nuisance of a
-    single frame under LOSO (README, "GAM-MM-MER", measures both on the stand-in).  The same
+    single frame under LOSO (docs/experiments.md measures both on the stand-in).  The same
     photometric jitter is applied to the apex and the onset.
 ``diff_scale``
     ``none`` (default): the difference enters as (apex − onset + 1) / 2, a few grey levels about
@@ -67,8 +67,8 @@ Parameters (section ``methods.<name>``, ``family: gam_mm_mer``; besides the shar
     ``attention_dropout``, ``readout`` (``concat`` | ``mean``): :class:`~pipeline.models.gam_mer.
     GAMMER`.  An unknown key is an error.
 
-Ablations of Tables 3 and 4 are ``dvc exp run -S methods.gam_mm_mer.…`` switches (README,
-"GAM-MM-MER"); their published numbers are the ``gam_mm_mer_*_loso`` entries of
+Ablations of Tables 3 and 4 are ``dvc exp run -S methods.gam_mm_mer.…`` switches
+(docs/methods/gam_mm_mer.md); their published numbers are the ``gam_mm_mer_*_loso`` entries of
 :data:`pipeline.reporting.published.PUBLISHED`, put beside a run with
 ``-S methods.gam_mm_mer.published=<key>``.
 """
