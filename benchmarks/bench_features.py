@@ -9,11 +9,19 @@ prints, in one run and on the same frames:
   on exactly the grey crops and distinct pairs the flow stage computes;
 - the ``flow`` stage's pairs per second with N workers (reading faces.h5, TV-L1, strain, writing
   flow.h5), and its ratio to the raw figure (target: at least 90 %);
-- ``patches``: samples per second;
+- ``magnify``: samples per second with the shipped magnifier weights (what the quick run's
+  ``magnifier`` stage verifies and passes on): latents and the decoded magnified apex frames of
+  ``magnify.frames``;
+- ``patches``: samples per second, landmarking the apex crops and the magnified apex frames of
+  ``patches.magnified`` (read from the ``magnified.h5`` just written), as the stage does;
 - each HDF5 reader's samples per second: :class:`FeatureCache` reading every dataset of a sample in
   random order, and a torch DataLoader over :class:`CacheDataset` (batch 8).
 
     python benchmarks/bench_features.py --samples 16 --workers 2
+
+Needs only the face photos and the MediaPipe bundle (``$MER_FACES_DIR``,
+``$MER_LANDMARKER_MODEL``), no run's caches; tests/test_benchmarks.py runs it at its smallest
+size (``--samples 2 --workers 1 --repeats 1``) and checks that it prints every row.
 """
 
 from __future__ import annotations
@@ -39,6 +47,8 @@ from pipeline.features.flow import PAIRS, run_flow  # noqa: E402
 from pipeline.features.patches import run_patches  # noqa: E402
 from pipeline.features.synthetic import write_samples  # noqa: E402
 from pipeline.io import setup_logging  # noqa: E402
+from pipeline.magnification.magnify import run_magnify  # noqa: E402
+from pipeline.magnification.train import SHIPPED_DIR  # noqa: E402
 from pipeline.params import load, section  # noqa: E402
 
 log = logging.getLogger("bench_features")
@@ -181,10 +191,23 @@ def main(argv: list[str] | None = None) -> None:
             print(f"flow on dask   {dstage:8.2f} pairs/s    = {100 * dstage / raw:.0f} % of raw "
                   f"(LocalCluster started inside)")
 
+        magnify_p = section("magnify", params)
+        t = time.perf_counter()
+        run_magnify(magnify_p, size=size, seed=int(params.get("seed", 0)),
+                    faces_path=tmp / "faces.h5", models_dir=SHIPPED_DIR,
+                    out_path=tmp / "magnified.h5", figure_path=tmp / "magnified.png",
+                    progress=False)
+        frames = "; ".join(f"{k} α {', '.join(map(str, v))}"
+                           for k, v in magnify_p["frames"].items())
+        print(f"magnify        {len(index) / (time.perf_counter() - t):8.2f} samples/s  "
+              f"(shipped weights; latents and frames: {frames}; includes the figure)")
+
         t = time.perf_counter()
         run_patches(tmp / "faces.h5", patches_p, tmp / "patches.h5", tmp / "patches_failures.csv",
-                    local)
-        print(f"patches        {len(index) / (time.perf_counter() - t):8.2f} samples/s")
+                    local, magnified_path=tmp / "magnified.h5")
+        n_sets = 1 + sum(len(v) for v in (patches_p.get("magnified") or {}).values())
+        print(f"patches        {len(index) / (time.perf_counter() - t):8.2f} samples/s  "
+              f"({n_sets} landmarked frames per sample: the apex and patches.magnified)")
 
         for name, dataset in (("faces", f"crop{size}/apex"), ("flow", "onset_apex"),
                               ("patches", "regions/mouth")):

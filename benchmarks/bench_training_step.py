@@ -7,6 +7,9 @@ Adam step alone of the 64-512 network: fused (``make_optimizer``) against torch'
 These steps are most of the quick ``dvc repro``'s wall time (issue #12).
 
     python benchmarks/bench_training_step.py --batch 32 --steps 5
+
+Random batches, no run's caches; tests/test_benchmarks.py runs it at its smallest size
+(``--batch 2 --steps 1``: batch norm needs two samples) and checks that it prints every row.
 """
 
 from __future__ import annotations
