@@ -2,7 +2,7 @@
 
 Reads the caches of a run that has built at least the ``flow`` stage (``dvc repro flow``: standin,
 index, faces, flow) and prints the six statistics of issue #30's table (definitions:
-``pipeline/standin/realism.py``, STANDIN.md "Real reference"):
+``pipeline/realism.py``, STANDIN.md "Real reference"):
 
 - for the CASME II samples: median (p10–p90) per sample, beside the real CASME II reference
   (constants quoted from STANDIN.md / issue #30) and the ratio stand-in median / reference;
@@ -30,7 +30,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.standin.realism import (  # noqa: E402
+from pipeline.realism import (  # noqa: E402
     REAL_CASME2,
     REAL_CASME2_MOVING_OVER_STILL,
     REFERENCE_SOURCE,
@@ -106,7 +106,7 @@ def report(stats: pd.DataFrame, label: str, sources: str) -> str:
     sub = stats[stats["database"] == "casme2"]
     size = int(stats["size"].iloc[0]) if len(stats) else REFERENCE_SIZE
     out = ["Realism of the onset -> apex change (issue #30; definitions: "
-           "pipeline/standin/realism.py, STANDIN.md)",
+           "pipeline/realism.py, STANDIN.md)",
            f"data: {label}", f"caches: {sources} ({size}-px crops)"]
     if size != REFERENCE_SIZE:
         out.append(f"note: the reference was measured on {REFERENCE_SIZE}-px crops, these are "

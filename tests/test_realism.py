@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline import realism as R
 from pipeline.databases.aus import CD6ME_AU_COLUMNS
 from pipeline.features.cache import CacheWriter
-from pipeline.standin import realism as R
 
 S = 112
 C = S / 2.0                                 # centre of the face mask

@@ -27,6 +27,9 @@ Definitions (STANDIN.md / issue #30):
   that of the 50 % of the mask with the smallest non-rigid flow, "the still half"
   (:func:`residual_moving_over_still`, a supplementary figure).
 
+Here, not under ``pipeline/standin``, on purpose: no ``dvc.yaml`` stage depends on this module,
+so changing it rebuilds nothing; it reads any run's caches, the stand-in's or a real database's.
+
 Region sizes are counts of mask pixels: the ``round(0.10 · n)`` pixels with the largest
 non-rigid flow, the ``round(0.50 · n)`` with the smallest (stable sort: ties go to the lower
 pixel index in row-major order).  Frames may be given as RGB ``(S, S, 3) uint8`` (converted by
