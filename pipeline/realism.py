@@ -10,8 +10,8 @@ quick configuration).
 Definitions (STANDIN.md / issue #30):
 
 - IOD in crop pixels = ``crop_box[4] * S / crop_box[2]`` (:func:`iod_crop_px`);
-- face mask = the ellipse centred in the crop with semi-axes 0.42·S (x) and 0.48·S (y)
-  (:func:`face_mask`);
+- face mask = the ellipse centred in the crop with semi-axes 0.42·S (x) and 0.48·S (y), its
+  centre at pixel coordinate S/2 (:func:`face_mask`);
 - head = \\|median (u, v) over the mask\\| / IOD, in % (:func:`head_motion`); the median is taken
   per component;
 - non-rigid flow = \\|(u, v) − that median\\| (:func:`nonrigid_flow`); expression = its 95th / 99th
@@ -76,8 +76,9 @@ REAL_CASME2: dict[str, tuple[float, tuple[float, float]]] = {
     "unexplained": (0.69, (0.45, 0.80)),
     "unexplained_moving": (0.66, (0.39, 0.75)),
 }
-#: Supplementary: mean residual where the face moves most / in the still half, real CASME II
-#: median (issue #30: "the residual is 3.0x the still half's on the real frames").
+#: Supplementary: mean residual where the face moves most / in the still half on real CASME II
+#: (issue #30: "the residual is 3.0x the still half's on the real frames"; how the samples were
+#: combined is not stated).
 REAL_CASME2_MOVING_OVER_STILL: float = 3.0
 #: Source string to print beside :data:`REAL_CASME2`.
 REFERENCE_SOURCE = "real CASME II reference, STANDIN.md / issue #30"
