@@ -14,6 +14,9 @@ Inputs, relative to ``--root`` (default: the current directory): ``data/features
 (``ground_truth/build.json`` beside the indexed frame folders) the table says STAND-IN with its
 profile and seed.  Missing caches: one line on stderr and exit status 1.
 
+Exempt from ``tests/test_benchmarks.py`` (which runs every other benchmark at its smallest size):
+it needs a run's caches; ``tests/test_realism.py`` runs it on a tiny cache the test writes.
+
     python benchmarks/bench_realism.py [--root DIR] [--csv per_sample.csv]
 """
 
