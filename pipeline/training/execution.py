@@ -40,6 +40,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,7 +164,8 @@ class FoldRunner:
         self.client = client
         self.resources = dict(resources) if resources else None
         self._aborted = False
-        self._futures: list[Any] = []
+        self._futures: set[Any] = set()  # submitted, not yet gathered (seeds' threads share it)
+        self._lock = threading.Lock()
 
     @property
     def distributed(self) -> bool:
@@ -176,7 +178,8 @@ class FoldRunner:
             raise FoldsAborted(f"{label}: cancelled, another fold failed")
         fut = self.client.submit(fn, *args, pure=False, retries=int(self.settings.retries),
                                  resources=self.resources, key=_task_key(label))
-        self._futures.append(fut)
+        with self._lock:
+            self._futures.add(fut)
         return fut
 
     def result(self, label: str, fut: Any) -> Any:
@@ -198,6 +201,8 @@ class FoldRunner:
             what = " ".join(str(exc).split()) or "(no message)"
             raise TrainingError(f"{label} failed {int(self.settings.retries) + 1} times on the "
                                 f"Dask cluster: {type(exc).__name__}: {what}") from None
+        with self._lock:
+            self._futures.discard(fut)
         fut.release()
         return out
 
@@ -232,8 +237,10 @@ class FoldRunner:
     def abort(self) -> None:
         """Cancel every task this runner submitted (a fold failed)."""
         self._aborted = True
-        if self.client is not None and self._futures:
-            self.client.cancel(self._futures)
+        with self._lock:
+            pending = list(self._futures)
+        if self.client is not None and pending:
+            self.client.cancel(pending)
 
 
 def _call(pair: tuple[Callable[..., Any], tuple]) -> tuple:
