@@ -247,3 +247,25 @@ def test_execution_settings_are_no_dvc_parameter_of_the_train_stages(tmp_path):
     params["train"] = {**params["train"], "selection": "inner_val"}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     assert "modified:           train" in run("status")
+
+
+@pytest.mark.parametrize("where, value, message", [
+    (("execution", "backend"), "slurm", "execution.backend: expected local | dask, got 'slurm'"),
+    (("execution", "retries"), -1, "execution.retries: expected an integer >= 0, got -1"),
+    (("execution", "task_resources"), {"GPU": 0},
+     "execution.task_resources: expected auto, null or a mapping such as {GPU: 1}, got "
+     "{'GPU': 0}"),
+    (("execution", "sheduler"), "tcp://x:1",
+     "execution.sheduler: unknown key; did you mean 'scheduler'?"),
+    (("train", "torch_threads"), 1,
+     "train.torch_threads: unknown key; it moved to execution.torch_threads (how the training "
+     "runs, not a DVC parameter of the train stages)"),
+])
+def test_bad_execution_settings_end_in_one_line_naming_the_key(tmp_path, where, value, message):
+    raw = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    raw[where[0]][where[1]] = value
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    done = subprocess.run([sys.executable, "-m", "pipeline.params", "validate", str(path)],
+                          cwd=PROJECT, capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.strip() == f"{path}: {message}"
