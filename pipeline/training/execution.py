@@ -254,6 +254,10 @@ def _task_key(label: str) -> str:
     return f"{label.replace(' ', '-')}-{uuid.uuid4().hex[:8]}"
 
 
+def _malloc_trim_set() -> bool:  # runs on each worker
+    return "MALLOC_TRIM_THRESHOLD_" in os.environ
+
+
 def _resources(client: Any, wanted: Any) -> dict[str, float] | None:
     if isinstance(wanted, Mapping):
         return {str(k): float(v) for k, v in wanted.items()}
@@ -277,12 +281,20 @@ class _Opened:
         self._ctx = dask_client(
             s.scheduler, resolve_n_jobs(s.workers), key="execution.scheduler",
             timeout=float(s.connect_timeout),
-            config={"distributed.scheduler.allowed-failures": int(s.retries)})
+            config={"distributed.scheduler.allowed-failures": int(s.retries),
+                    # Dask's default MALLOC_TRIM_THRESHOLD_ for workers turns off glibc's dynamic
+                    # mmap threshold: torch's CPU training steps took 1.7-1.9x as long here
+                    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None})
         client = self._ctx.__enter__()
         resources = _resources(client, s.task_resources)
         n = len(client.scheduler_info().get("workers", {}))
         log.info("training folds as Dask tasks on %s (%d workers now, task resources %s, "
                  "retries %d)", client.scheduler.address, n, resources or "none", s.retries)
+        trimmed = [w for w, v in client.run(_malloc_trim_set).items() if v] if n else []
+        if trimmed:
+            log.warning("%d of %d Dask workers run with MALLOC_TRIM_THRESHOLD_ set (Dask's "
+                        "default), under which torch's CPU training took 1.7-1.9x as long; "
+                        "docs/cluster.md says how to unset it", len(trimmed), n)
         return FoldRunner(s, client, resources)
 
     def __exit__(self, *exc: Any) -> None:
