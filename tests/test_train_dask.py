@@ -44,14 +44,16 @@ def synth(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cluster():
-    """Two worker processes on 127.0.0.1; a task whose worker dies twice fails (retries 1)."""
+    """Two worker processes on 127.0.0.1, each advertising one (pretend) GPU as a cluster's GPU
+    workers do; a task whose worker dies twice fails (retries 1)."""
     import dask
     from distributed import LocalCluster
 
     with dask.config.set({"distributed.scheduler.allowed-failures": 1,  # as the stage's own
                           "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
         lc = LocalCluster(host="127.0.0.1", n_workers=2, threads_per_worker=1, processes=True,
-                          dashboard_address=None, silence_logs=logging.ERROR)
+                          dashboard_address=None, silence_logs=logging.ERROR,
+                          resources={"GPU": 1})
     try:
         yield lc.scheduler_address
     finally:
@@ -123,10 +125,13 @@ def local_cd6me(synth, tmp_path_factory):
 
 
 def test_cd6me_folds_and_seeds_on_dask_equal_the_local_run(synth, cluster, local_cd6me,
-                                                            tmp_path, monkeypatch):
+                                                            tmp_path, monkeypatch, capsys):
     remote = tmp_path / "dask"
     execution = {"backend": "dask", "scheduler": cluster, "torch_threads": 1}
     assert _stage(remote, CD6ME, execution, synth, monkeypatch) == 0
+    # the workers advertise a GPU: task_resources auto asks one per task
+    assert f"on {cluster} (2 workers now, task resources {{'GPU': 1.0}}, retries 1)" in \
+        capsys.readouterr().err
     got = _outputs(remote)
     assert sorted(got) == sorted(local_cd6me)
     assert got == local_cd6me
@@ -138,10 +143,11 @@ def test_cd6me_folds_and_seeds_on_dask_equal_the_local_run(synth, cluster, local
 
 
 def test_loso_on_a_stage_started_local_cluster_equals_the_local_run(synth, tmp_path,
-                                                                    monkeypatch):
+                                                                    monkeypatch, capsys):
     assert _stage(tmp_path / "local", LOSO, LOCAL, synth, monkeypatch) == 0
     execution = {"backend": "dask", "scheduler": None, "workers": 1, "torch_threads": 1}
     assert _stage(tmp_path / "dask", LOSO, execution, synth, monkeypatch) == 0
+    assert "(1 workers now, task resources none, retries 1)" in capsys.readouterr().err
     local, remote = _outputs(tmp_path / "local"), _outputs(tmp_path / "dask")
     assert remote == local
     assert len([k for k in local if k.startswith("metrics/m/folds/")]) == 3

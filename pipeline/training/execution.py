@@ -290,6 +290,11 @@ class _Opened:
         n = len(client.scheduler_info().get("workers", {}))
         log.info("training folds as Dask tasks on %s (%d workers now, task resources %s, "
                  "retries %d)", client.scheduler.address, n, resources or "none", s.retries)
+        if resources and not any(all(float((w.get("resources") or {}).get(k, 0)) >= v
+                                         for k, v in resources.items())
+                                     for w in client.scheduler_info().get("workers", {}).values()):
+            log.warning("no worker of the cluster offers %s now: the tasks wait until one "
+                        "joins (execution.task_resources)", resources)
         trimmed = [w for w, v in client.run(_malloc_trim_set).items() if v] if n else []
         if trimmed:
             log.warning("%d of %d Dask workers run with MALLOC_TRIM_THRESHOLD_ set (Dask's "
