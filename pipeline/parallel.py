@@ -18,6 +18,7 @@ released once it has been yielded.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import warnings
@@ -131,8 +132,37 @@ def _map_local(fn: Callable[[T], R], items: Iterable[T], workers: int,
     yield from par(delayed(fn)(item) for item in items)
 
 
-def _map_dask(fn: Callable[[T], R], items: Iterable[T], scheduler: str | None, workers: int,
-              window: int | None) -> Iterator[R]:
+class SchedulerError(ConnectionError):
+    """The Dask scheduler cannot be reached (one line naming the parameter and the address)."""
+
+
+@contextlib.contextmanager
+def dask_client(scheduler: str | None, workers: int, key: str = "parallel.scheduler",
+                timeout: float = 30.0, config: dict[str, Any] | None = None
+                ) -> Iterator[Any]:
+    """A ``distributed.Client`` for the block: to ``scheduler``, or to a loopback LocalCluster.
+
+    Parameters
+    ----------
+    scheduler : str or None
+        Scheduler address (``tcp://host:port``); ``None`` starts a ``LocalCluster`` on 127.0.0.1
+        (``workers`` processes, one thread each, no dashboard) for the block's duration.
+    workers : int
+        Worker processes of the LocalCluster (ignored with an address).
+    key : str
+        The parameter that gave ``scheduler``, named in the error.
+    timeout : float
+        Seconds to wait for the scheduler to answer.
+    config : dict, optional
+        ``dask.config`` values set while the LocalCluster's scheduler is created (it runs in this
+        process), e.g. ``{"distributed.scheduler.allowed-failures": 1}``.
+
+    Raises
+    ------
+    SchedulerError
+        If no scheduler answers at ``scheduler`` within ``timeout`` s (before any task is sent).
+    """
+    import dask
     from distributed import Client, LocalCluster
 
     dlog = logging.getLogger("distributed")
@@ -140,35 +170,49 @@ def _map_dask(fn: Callable[[T], R], items: Iterable[T], scheduler: str | None, w
         dlog.setLevel(logging.WARNING)
     cluster = None
     if scheduler:
-        client = Client(scheduler)
+        try:
+            client = Client(scheduler, timeout=timeout)
+        except (OSError, TimeoutError) as exc:
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise SchedulerError(f"{key}: no Dask scheduler answers at {scheduler} "
+                                 f"({reason})") from None
     else:
         log.info("starting a Dask LocalCluster on 127.0.0.1 with %d workers", workers)
-        cluster = LocalCluster(host="127.0.0.1", n_workers=workers, threads_per_worker=1,
-                               processes=True, dashboard_address=None,
-                               silence_logs=logging.WARNING)
+        with dask.config.set(config or {}):
+            cluster = LocalCluster(host="127.0.0.1", n_workers=workers, threads_per_worker=1,
+                                   processes=True, dashboard_address=None,
+                                   silence_logs=logging.WARNING)
         client = Client(cluster)
-    pending: collections.deque = collections.deque()
     try:
-        n_workers = len(client.scheduler_info().get("workers", {})) or workers
-        size = window or max(8, 4 * n_workers)
-        for item in items:
-            pending.append(client.submit(fn, item, pure=False))
-            if len(pending) >= size:
+        yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _map_dask(fn: Callable[[T], R], items: Iterable[T], scheduler: str | None, workers: int,
+              window: int | None) -> Iterator[R]:
+    pending: collections.deque = collections.deque()
+    with dask_client(scheduler, workers) as client:
+        try:
+            n_workers = len(client.scheduler_info().get("workers", {})) or workers
+            size = window or max(8, 4 * n_workers)
+            for item in items:
+                pending.append(client.submit(fn, item, pure=False))
+                if len(pending) >= size:
+                    fut = pending.popleft()
+                    result = fut.result()
+                    fut.release()
+                    yield result
+            while pending:
                 fut = pending.popleft()
                 result = fut.result()
                 fut.release()
                 yield result
-        while pending:
-            fut = pending.popleft()
-            result = fut.result()
-            fut.release()
-            yield result
-    finally:
-        for fut in pending:
-            fut.cancel()
-        client.close()
-        if cluster is not None:
-            cluster.close()
+        finally:
+            for fut in pending:
+                fut.cancel()
 
 
 def map_with(params: dict[str, Any], fn: Callable[[T], R], items: Iterable[T], desc: str,

@@ -134,7 +134,6 @@ TRAIN_KEYS: dict[str, Key] = {
     "flow_norm": Str("sample", choices=("sample", "none")),
     "flow_quantile": Float(0.99, min=0.5, max=1.0),
     "eval_batch_size": Int(64, min=1),
-    "torch_threads": THREADS,
     "epochs": Int(10, min=1),
     "batch_size": Int(32, min=1),
     "optimizer": OPTIMIZER,
@@ -146,6 +145,19 @@ TRAIN_KEYS: dict[str, Key] = {
                                               "composite-3")),
     # training seeds (pipeline.training.seeds): null = [seed]; a list = one run per seed
     "seeds": List(Int(min=0), None, nullable=True),
+}
+
+#: The ``execution`` section (pipeline.training.execution.ExecutionSettings): where and how the
+#: training stages run.  Switching them changes no result, so dvc.yaml lists none of them.
+EXECUTION_KEYS: dict[str, Key] = {
+    "backend": Str("local", choices=("local", "dask")),
+    "scheduler": Str(None, nullable=True, what="a Dask scheduler address (tcp://host:port)"),
+    "workers": Int(-1),  # LocalCluster worker processes (scheduler null); -1: all cores
+    "torch_threads": THREADS,
+    "retries": Int(1, min=0),
+    "task_resources": OneOf(Str(choices=("auto",)), Dict(Float(gt=0.0)), default="auto",
+                            nullable=True, what="auto, null or a mapping such as {GPU: 1}"),
+    "connect_timeout": Float(30.0, gt=0.0),
 }
 
 #: Keys every ``methods.<name>`` section may hold besides :data:`TRAIN_KEYS` and its family's.
@@ -288,6 +300,9 @@ SECTIONS: dict[str, Key] = {
         "n_samples": Int(4, min=1), "torch_threads": THREADS,
     }),
     "report": Map({"methods": List(Str(what="a methods: section"), nullable=True)}),
+    # How the train@<method> stages run, never what they compute: not a DVC parameter of any
+    # stage (pipeline/training/execution.py; issue #35).
+    "execution": Map(EXECUTION_KEYS),
     # methods: one section per method, checked by method_schema() against its family.
 }
 
@@ -320,6 +335,9 @@ class _Checker:
     def unknown(self, where: str, key: str, known: Sequence[str]) -> None:
         close = difflib.get_close_matches(str(key), list(known), n=1, cutoff=0.6)
         hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(sorted(known))}"
+        if key in EXECUTION_KEYS and (where == "train" or where.startswith("methods.")):
+            hint = (f"; it moved to execution.{key} (how the training runs, not a DVC parameter "
+                    "of the train stages)")
         self.add(f"{where}.{key}" if where else str(key), f"unknown key{hint}")
 
 

@@ -8,7 +8,10 @@ trainer defaults) and ``methods.<method>`` (which overrides ``train``); writes
 ``models/<method>/``, ``metrics/<method>/`` and ``metrics/<method>.json`` (ARCHITECTURE.md),
 atomically.  With ``train.seeds`` (or ``methods.<method>.seeds``) a list, the method is trained
 once per seed and ``metrics/<method>.json`` holds the mean and ``sd`` over the seeds
-(:mod:`pipeline.training.seeds`).  Library: :mod:`pipeline.training`.
+(:mod:`pipeline.training.seeds`).  The section ``execution`` (not a DVC parameter of the stage: it
+changes where the folds run, not what they compute) runs them here or as tasks on a Dask cluster
+(:mod:`pipeline.training.execution`); the scheduler is reached before any work.  Library:
+:mod:`pipeline.training`.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ import sys
 
 from pipeline.features.cache import CacheError
 from pipeline.io import atomic_dir, start_stage
-from pipeline.params import ParamsError, load, method_params
+from pipeline.parallel import SchedulerError
+from pipeline.params import ParamsError, load, method_params, section
 from pipeline.reporting.published import published_for
 from pipeline.training.data import read_samples
+from pipeline.training.execution import open_runner
 from pipeline.training.registry import MethodError
 from pipeline.training.run import data_label
 from pipeline.training.seeds import resolve_seeds, run_method_seeds
@@ -45,15 +50,17 @@ def main(argv: list[str] | None = None) -> int:
         mparams = method_params(params, args.method)
         seeds = resolve_seeds(mparams.get("seeds"), int(params.get("seed", 0)))
         published = published_for(mparams.get("published"))
-        samples = read_samples(args.samples)
-        with atomic_dir(f"{args.models}/{args.method}") as models_tmp, \
-                atomic_dir(f"{args.metrics}/{args.method}") as metrics_tmp:
-            run_method_seeds(args.method, mparams, samples, args.features, models_tmp,
-                             metrics_tmp, f"{args.metrics}/{args.method}.json",
-                             data_label(params), seeds,
-                             published.as_dict() if published else None)
+        execution = section("execution", params) if "execution" in params else {}
+        with open_runner(execution) as runner:
+            samples = read_samples(args.samples)
+            with atomic_dir(f"{args.models}/{args.method}") as models_tmp, \
+                    atomic_dir(f"{args.metrics}/{args.method}") as metrics_tmp:
+                run_method_seeds(args.method, mparams, samples, args.features, models_tmp,
+                                 metrics_tmp, f"{args.metrics}/{args.method}.json",
+                                 data_label(params), seeds,
+                                 published.as_dict() if published else None, runner=runner)
     except (ParamsError, MethodError, CacheError, TrainingError, FileNotFoundError,
-            KeyError, ValueError) as exc:
+            KeyError, ValueError, SchedulerError) as exc:
         # Bad parameters or inputs: one line per problem, no traceback (params.yaml's own
         # errors are one line each already).
         for line in str(exc).strip("'\"").splitlines():

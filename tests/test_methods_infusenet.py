@@ -520,7 +520,9 @@ NETWORKS = {"FrameFlow": {"method": "resnet18_flow", "layer": "layer3"},
 def _all_params(runs) -> dict:
     return {"config": "quick", "seed": 0, "data": {"source": "standin"},
             "standin": {"profile": "quick"}, "train": {"device": "cpu"},
-            "methods": runs["params"],
+            # torch_threads is an execution setting (execution.torch_threads), not a method key
+            "methods": {name: {k: v for k, v in section.items() if k != "torch_threads"}
+                        for name, section in runs["params"].items()},
             "gradcam": {"au": "AU4", "fold": "samm", "n_samples": 3, "device": "cpu",
                         "torch_threads": 1, "networks": NETWORKS}}
 

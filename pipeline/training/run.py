@@ -39,8 +39,10 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,7 @@ from tqdm import tqdm
 
 from pipeline.io import atomic_path, write_json
 from pipeline.training.data import FeatureStore
+from pipeline.training.execution import FoldRunner, in_scratch, write_files
 from pipeline.training.metrics import au_fold_summary, cd6me_summary, emotion_metrics
 from pipeline.training.protocols import (
     CD6ME_AUS,
@@ -223,11 +226,117 @@ def _keeps_checkpoint(setting: Any, fold_name: str) -> bool:
     return bool(setting)
 
 
+@dataclass
+class FoldJob:
+    """What a Dask worker needs to train the folds of one protocol task (picklable).
+
+    The method is rebuilt from ``name`` and ``params`` on the worker, the feature store opened
+    there from ``features_dir`` (an absolute path the workers see) and ``store_ids``.
+    """
+
+    name: str
+    params: dict[str, Any]
+    seed: int
+    store_pos: np.ndarray
+    table: pd.DataFrame
+    targets_store: np.ndarray
+    n_outputs: int
+    names: tuple[str, ...]
+    store_ids: tuple[str, ...]
+    features_dir: str
+
+
+def _fold_results(runner: FoldRunner, name: str, spec: MethodSpec, settings: TrainSettings,
+                  params: Mapping[str, Any], folds: Sequence[Fold], store_pos: np.ndarray,
+                  table: pd.DataFrame, store: FeatureStore | None, targets_store: np.ndarray,
+                  n_outputs: int, names: Sequence[str], seed: int, device: torch.device,
+                  paths: RunPaths, features_dir: str | os.PathLike) -> Iterator[dict[str, Any]]:
+    """:func:`_run_fold` of every fold, in fold order: here, lazily, or as Dask tasks submitted
+    at once, whose files are written into ``paths`` here (:mod:`pipeline.training.execution`)."""
+    def local(i: int) -> dict[str, Any]:
+        return _run_fold(name, spec, settings, params, folds[i], store_pos, table, store,
+                         targets_store, n_outputs, names, seed, device, paths)
+
+    if spec.constant is not None or not runner.distributed:
+        return (local(i) for i in range(len(folds)))
+    assert store is not None
+    job = FoldJob(name, dict(params), seed, store_pos, table, targets_store, n_outputs,
+                  tuple(names), tuple(store.sample_ids), str(Path(features_dir).resolve()))
+    threads = runner.settings.torch_threads or settings.torch_threads
+    labels = [f"fold {fold.name} (seed {seed})" for fold in folds]
+    gathered = runner.map(labels, local, lambda i: (_fold_remote, (job, folds[i], threads)))
+
+    def written() -> Iterator[dict[str, Any]]:
+        for res, files in gathered:
+            write_files(files, paths.models, paths.metrics)
+            yield res
+
+    return written()
+
+
+def _fold_remote(job: FoldJob, fold: Fold, threads: int | None
+                 ) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """One fold on a Dask worker: its :func:`_run_fold` result and the files it wrote."""
+    spec = build_method(job.name, job.params)
+    settings = TrainSettings.from_params(job.params)
+    device = resolve_device(str(settings.device))
+
+    def fold_in(models: Path, metrics: Path) -> dict[str, Any]:
+        store = _worker_store(spec, job.store_ids, job.features_dir, settings, job.params)
+        paths = RunPaths(models, metrics, metrics / "unused.json")
+        return _run_fold(job.name, spec, settings, job.params, fold, job.store_pos, job.table,
+                         store, job.targets_store, job.n_outputs, job.names, job.seed, device,
+                         paths)
+
+    return in_scratch(fold_in, threads)
+
+
+def _final_remote(name: str, params: dict[str, Any], samples: pd.DataFrame, features_dir: str,
+                  label: str, seed: int, threads: int | None) -> tuple[None, dict[str, bytes]]:
+    """The final model (:func:`pipeline.training.final.fit_final_model`) on a Dask worker."""
+    from pipeline.training.final import fit_final_model
+
+    spec = build_method(name, params)
+    device = resolve_device(str(TrainSettings.from_params(params).device))
+
+    def fit_in(models: Path, _metrics: Path) -> None:
+        fit_final_model(name, spec, params, samples, features_dir, models, label, seed, device)
+
+    return in_scratch(fit_in, threads)
+
+
+_WORKER_STORE: dict[tuple, FeatureStore] = {}
+_WORKER_STORE_LOCK = threading.Lock()
+
+
+def _worker_store(spec: MethodSpec, sample_ids: Sequence[str], features_dir: str,
+                  settings: TrainSettings, params: Mapping[str, Any]) -> FeatureStore:
+    """The feature store of a Dask task; a worker process keeps the last one it opened (the
+    folds and seeds of a method share it), reopened when a cache file has changed."""
+    stamps = []
+    for cache in sorted({i.cache for i in spec.inputs}):
+        path = Path(features_dir) / f"{cache}.h5"
+        st = path.stat() if path.exists() else None
+        stamps.append((str(path), st and st.st_mtime_ns, st and st.st_size))
+    key = (tuple(spec.inputs), tuple(sample_ids), tuple(stamps), bool(settings.preload),
+           str(params.get("flow_norm", "sample")), float(params.get("flow_quantile", 0.99)))
+    with _WORKER_STORE_LOCK:
+        if key not in _WORKER_STORE:
+            _WORKER_STORE.clear()
+            _WORKER_STORE[key] = FeatureStore(
+                spec.inputs, sample_ids, features_dir, preload=settings.preload,
+                flow_norm=key[4], flow_quantile=key[5])
+        return _WORKER_STORE[key]
+
+
 def _store(spec: MethodSpec, sample_ids: Sequence[str], features_dir: str | os.PathLike,
-           settings: TrainSettings, params: Mapping[str, Any]) -> FeatureStore | None:
+           settings: TrainSettings, params: Mapping[str, Any],
+           runner: FoldRunner | None = None) -> FeatureStore | None:
     if spec.constant is not None:
         return None
-    store = FeatureStore(spec.inputs, sample_ids, features_dir, preload=settings.preload,
+    # with Dask workers training, this process only needs which samples the caches hold
+    preload = settings.preload and not (runner is not None and runner.distributed)
+    store = FeatureStore(spec.inputs, sample_ids, features_dir, preload=preload,
                          flow_norm=str(params.get("flow_norm", "sample")),
                          flow_quantile=float(params.get("flow_quantile", 0.99)))
     if store.missing:
@@ -289,21 +398,22 @@ def score_columns(scores: np.ndarray, names: Sequence[str], index: pd.Index | No
 
 def _run_cd6me(name: str, spec: MethodSpec, settings: TrainSettings, params: Mapping[str, Any],
                samples: pd.DataFrame, features_dir: str | os.PathLike, paths: RunPaths,
-               label: str, seed: int, device: torch.device) -> dict[str, Any]:
+               label: str, seed: int, device: torch.device, runner: FoldRunner) -> dict[str, Any]:
     table = cd6me_table(samples)
     aus = list(CD6ME_AUS)
     targets = table[aus].to_numpy(np.float32)
     folds = cd6me_folds(table)
-    store = _store(spec, table["sample_id"].tolist(), features_dir, settings, params)
+    store = _store(spec, table["sample_id"].tolist(), features_dir, settings, params, runner)
     positions = np.arange(len(table))
     n = len(table)
     scores = np.zeros((n, len(aus)))
     decisions = np.zeros((n, len(aus)), dtype=np.int64)
     fold_of = np.empty(n, dtype=object)
     curves: list[dict[str, Any]] = []
-    for fold in tqdm(folds, desc=f"{name} folds", leave=False):
-        res = _run_fold(name, spec, settings, params, fold, positions, table, store, targets,
-                        len(aus), aus, seed, device, paths)
+    fold_results = _fold_results(runner, name, spec, settings, params, folds, positions, table,
+                                 store, targets, len(aus), aus, seed, device, paths, features_dir)
+    for fold, res in tqdm(zip(folds, fold_results, strict=True), total=len(folds),
+                          desc=f"{name} folds", leave=False):
         scores[fold.test] = res["scores"]
         decisions[fold.test] = res["decisions"]
         fold_of[fold.test] = fold.name
@@ -339,7 +449,7 @@ def _run_cd6me(name: str, spec: MethodSpec, settings: TrainSettings, params: Map
 
 def _run_loso(name: str, spec: MethodSpec, settings: TrainSettings, params: Mapping[str, Any],
               samples: pd.DataFrame, features_dir: str | os.PathLike, paths: RunPaths,
-              label: str, seed: int, device: torch.device) -> dict[str, Any]:
+              label: str, seed: int, device: torch.device, runner: FoldRunner) -> dict[str, Any]:
     tasks = []
     for key in spec.emotion_tasks:
         if key not in EMOTION_TASKS:
@@ -358,26 +468,31 @@ def _run_loso(name: str, spec: MethodSpec, settings: TrainSettings, params: Mapp
                             f"the databases present ({sorted(set(samples['database']))})")
     union = sorted(set().union(*(set(t[1]["sample_id"]) for t in tasks)))
     where = {sid: i for i, sid in enumerate(union)}
-    store = _store(spec, union, features_dir, settings, params)
+    store = _store(spec, union, features_dir, settings, params, runner)
     results: dict[str, dict[str, Any]] = {}
     rows: list[pd.DataFrame] = []
     curves: list[dict[str, Any]] = []
     all_classes: list[str] = []
+    prepared = []
     for task, table, y in tasks:
-        for c in task.classes:
-            if c not in all_classes:
-                all_classes.append(c)
         store_pos = table["sample_id"].map(where).to_numpy(np.int64)
         targets_store = np.full(len(union), -1, dtype=np.int64)
         targets_store[store_pos] = y
+        folds = loso_folds(table, task)
+        # on a Dask cluster every task's folds are submitted here, before the first is gathered
+        prepared.append((task, table, y, folds, _fold_results(
+            runner, name, spec, settings, params, folds, store_pos, table, store, targets_store,
+            task.n_classes, task.classes, seed, device, paths, features_dir)))
+    for task, table, y, folds, fold_results in prepared:
+        for c in task.classes:
+            if c not in all_classes:
+                all_classes.append(c)
         n = len(table)
         decisions = np.zeros(n, dtype=np.int64)
         scores = np.zeros((n, task.n_classes))
         fold_of = np.empty(n, dtype=object)
-        folds = loso_folds(table, task)
-        for fold in tqdm(folds, desc=f"{name} {task.key}", leave=False):
-            res = _run_fold(name, spec, settings, params, fold, store_pos, table, store,
-                            targets_store, task.n_classes, task.classes, seed, device, paths)
+        for fold, res in tqdm(zip(folds, fold_results, strict=True), total=len(folds),
+                              desc=f"{name} {task.key}", leave=False):
             scores[fold.test] = res["scores"]
             decisions[fold.test] = res["decisions"]
             fold_of[fold.test] = fold.name
@@ -425,7 +540,8 @@ def _run_loso(name: str, spec: MethodSpec, settings: TrainSettings, params: Mapp
 
 def run_method(name: str, params: Mapping[str, Any], samples: pd.DataFrame,
                features_dir: str | os.PathLike, paths: RunPaths, label: str, seed: int,
-               published: Mapping[str, Any] | None = None) -> dict[str, Any]:
+               published: Mapping[str, Any] | None = None,
+               runner: FoldRunner | None = None) -> dict[str, Any]:
     """Run every fold of method ``name`` and write its outputs (module docstring).
 
     Parameters
@@ -445,6 +561,9 @@ def run_method(name: str, params: Mapping[str, Any], samples: pd.DataFrame,
         Run seed (``seed`` of ``params.yaml``).
     published : mapping, optional
         Published numbers for the AU JSON's ``paper`` field.
+    runner : FoldRunner, optional
+        Where the folds and the final model train (:mod:`pipeline.training.execution`); default:
+        here, one fold after another.  Its ``torch_threads``, when set, overrides the params'.
 
     Returns
     -------
@@ -455,24 +574,36 @@ def run_method(name: str, params: Mapping[str, Any], samples: pd.DataFrame,
     ------
     pipeline.training.registry.MethodError, ProtocolError, pipeline.features.cache.CacheError
         On a bad method section, a protocol the data cannot support, or unusable caches.
+    TrainingError
+        On a diverged fold, or a Dask task that failed beyond its retries (one line naming it).
     """
     start = time.time()
+    runner = runner or FoldRunner()
     spec = build_method(name, params)
     settings = TrainSettings.from_params(params)
     device = resolve_device(str(settings.device))
     threads = torch.get_num_threads()
-    if settings.torch_threads:
-        torch.set_num_threads(int(settings.torch_threads))
+    wanted = runner.settings.torch_threads or settings.torch_threads
+    if wanted:
+        torch.set_num_threads(int(wanted))
     log.info("%s: %s under %s on %s (device %s)", name, spec.task, spec.protocol, label, device)
-    runner = _run_cd6me if spec.protocol == "cd6me" else _run_loso
+    protocol = _run_cd6me if spec.protocol == "cd6me" else _run_loso
+    final = None
+    if runner.distributed and spec.constant is None:  # the final model trains beside the folds
+        final = runner.submit(f"final model (seed {seed})", _final_remote, name, dict(params),
+                              samples, str(Path(features_dir).resolve()), label, seed, wanted)
     try:
-        result = runner(name, spec, settings, params, samples, features_dir, paths, label, seed,
-                        device)
+        result = protocol(name, spec, settings, params, samples, features_dir, paths, label, seed,
+                          device, runner)
         # models/<method>/final.pt: one model on all the data, for mer-predict (train.final_model)
         from pipeline.training.final import fit_final_model
 
-        fit_final_model(name, spec, params, samples, features_dir, paths.models, label, seed,
-                        device)
+        if final is None:
+            fit_final_model(name, spec, params, samples, features_dir, paths.models, label, seed,
+                            device)
+        else:
+            write_files(runner.result(f"final model (seed {seed})", final)[1], paths.models,
+                        paths.metrics)
     finally:
         torch.set_num_threads(threads)
     if spec.constant is None:

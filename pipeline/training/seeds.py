@@ -155,7 +155,8 @@ def run_method_seeds(name: str, params: Mapping[str, Any], samples: pd.DataFrame
                      features_dir: str | os.PathLike, models_dir: str | os.PathLike,
                      metrics_dir: str | os.PathLike, metrics_json: str | os.PathLike, label: str,
                      seeds: Sequence[int],
-                     published: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                     published: Mapping[str, Any] | None = None,
+                     runner: Any = None) -> dict[str, Any]:
     """Run method ``name`` once per seed and write the layout of the module docstring.
 
     Parameters
@@ -168,6 +169,10 @@ def run_method_seeds(name: str, params: Mapping[str, Any], samples: pd.DataFrame
         ``metrics/<method>.json`` (the aggregate).
     seeds : sequence of int
         Training seeds (:func:`resolve_seeds`); the first one's run keeps the single-run layout.
+    runner : pipeline.training.execution.FoldRunner, optional
+        Where the folds train (default: here, one after another).  On a Dask cluster the seeds'
+        runs go on side by side (one thread each here, which only submits, gathers and writes),
+        so that every fold of every seed is in the cluster's queue at once.
 
     Returns
     -------
@@ -184,16 +189,42 @@ def run_method_seeds(name: str, params: Mapping[str, Any], samples: pd.DataFrame
     if not seeds:
         raise SeedError(f"{name}: no training seed")
     metrics_dir, models_dir = Path(metrics_dir), Path(models_dir)
-    results = []
-    for i, seed in enumerate(seeds):
+
+    def one(i: int) -> dict[str, Any]:
+        seed = seeds[i]
         per_seed = metrics_dir / "seeds" / f"{seed}.json"
         if i == 0:
             paths = RunPaths(models_dir, metrics_dir, per_seed)
         else:
             paths = RunPaths(models_dir / f"seed{seed}", metrics_dir / "seeds" / str(seed), per_seed)
         log.info("%s: seed %d (%d of %d)", name, seed, i + 1, len(seeds))
-        results.append(run_method(name, params, samples, features_dir, paths, label, int(seed),
-                                  published))
+        return run_method(name, params, samples, features_dir, paths, label, int(seed),
+                          published, runner=runner)
+
+    if runner is not None and runner.distributed and len(seeds) > 1:
+        results = _side_by_side(one, len(seeds), runner)
+    else:
+        results = [one(i) for i in range(len(seeds))]
     aggregate = aggregate_seeds(results, seeds)
     write_json(metrics_json, aggregate)
     return aggregate
+
+
+def _side_by_side(one: Any, n: int, runner: Any) -> list[dict[str, Any]]:
+    """``[one(0), …, one(n − 1)]`` in threads; the first real failure (not a fold cancelled
+    because of it) is raised once every thread has stopped."""
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+    from pipeline.training.execution import FoldsAborted
+
+    with ThreadPoolExecutor(max_workers=n, thread_name_prefix="seed") as pool:
+        futures = [pool.submit(one, i) for i in range(n)]
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            if any(f.exception() is not None for f in done):
+                runner.abort()  # the other seeds' tasks are cancelled; their threads end
+    errors = [f.exception() for f in futures if f.exception() is not None]
+    if errors:
+        raise next((e for e in errors if not isinstance(e, FoldsAborted)), errors[0])
+    return [fut.result() for fut in futures]
