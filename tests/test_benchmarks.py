@@ -39,6 +39,10 @@ SMALLEST: dict[str, tuple[list[str], list[str], str]] = {
          "infusenet_image", "resnet18_flow_loso"],
         # input px, then ms per step at the quick widths, at 64-512, Adam fused, Adam loop
         rf"\d+\s+{NUMBER} ms \S+\s+{NUMBER} ms\s+{NUMBER} ms\s+{NUMBER} ms$"),
+    "bench_train_dask.py": (
+        ["--seeds", "1", "--workers", "1", "--threads", "1", "--epochs", "1"],
+        ["local:"],
+        rf"{NUMBER} s\s+dask \(1 LocalCluster workers\):\s+{NUMBER} s\s+metrics files identical: True"),
 }
 
 #: script → why it is not run here (it must say the same at its top).  None today.
