@@ -57,7 +57,7 @@ def tiny_flow(faces_dir, landmarker_model, tmp_path_factory):
     from pipeline.standin.profiles import CD6ME_KEYS, Profile, get_profile
 
     tiny = get_profile("tiny")
-    profile = Profile(name="learnability", amplitude_px=tiny.amplitude_px, contact_samples=1,
+    profile = Profile(name="learnability", contact_samples=1,
                       macro_duration_s=tiny.macro_duration_s,
                       databases={k: replace(d, n_subjects=N_SUBJECTS,
                                             n_samples=N_LOSO if k in LOSO_KEYS else N_SAMPLES)
