@@ -53,6 +53,8 @@ from pipeline.standin.render import (
 from pipeline.standin.writers import frame_name, write_attribution, write_sheet
 
 log = logging.getLogger("standin")
+#: The clip nuisance entries the renderer's :class:`Nuisance` takes (the plan records more).
+NUISANCE_KEYS = ("flicker", "flicker_hz", "flicker_phase", "noise_sigma", "jpeg_quality")
 
 StandinError = face_src.StandinError
 
@@ -218,7 +220,7 @@ def _render_subject(root: str, dbp: DatabaseProfile, subject: Subject, clips: li
         rng = np.random.default_rng(clip.seed)
         head = HeadMotion.draw(rng, clip.head["translation_px"], clip.head["rotation_deg"],
                                clip.head["jitter_px"])
-        nuisance = Nuisance(**clip.nuisance)
+        nuisance = Nuisance(**{k: clip.nuisance[k] for k in NUISANCE_KEYS})
         specs = [EventSpec(tuple(AUAmplitude(a.au, a.side, a.amplitude_px)
                                  for a in ev.actions if a.rendered), ev.onset, ev.apex, ev.offset)
                  for ev in clip.events]
@@ -233,7 +235,9 @@ def _render_subject(root: str, dbp: DatabaseProfile, subject: Subject, clips: li
             "events": [p.amplitudes for p in prepared],
             "head_shift_px": [head_shift(head, placed, dbp.fps, clip.first, ev.onset, ev.apex)
                               for ev in clip.events],
-            "head": {"translation_px": head.translation_px, "rotation_deg": head.rotation_deg,
+            "head": {"translation_px": head.translation_px,
+                     "translation_iod": clip.head["translation_iod"],
+                     "rotation_deg": head.rotation_deg,
                      "jitter_px": head.jitter_px, "freqs_hz": head.freqs_hz.round(4).tolist(),
                      "phases": head.phases.round(4).tolist(),
                      "coeffs": head.coeffs.round(4).tolist()},
@@ -318,7 +322,9 @@ def _ground_truth(db: DatabasePlan, rendered: dict, photo_of: dict, sha: dict) -
                           "grey": db.profile.grey, "gains": [_r(g) for g in subj.gains],
                           "gamma": _r(subj.gamma)},
             "face_box": [_r(v, 2) for v in res["face_box"]],
-            "head_motion": {**cres["head"], "shift_onset_apex_px": _r(cres["head_shift_px"][s.event])},
+            "head_motion": {**cres["head"], "shift_onset_apex_px": _r(cres["head_shift_px"][s.event]),
+                            "shift_onset_apex_iod": _r(100 * cres["head_shift_px"][s.event]
+                                                       / subj.iod_px)},
             "nuisance": clip.nuisance,
             "fps": db.profile.fps,
             "seed": clip.seed,

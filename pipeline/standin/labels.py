@@ -448,10 +448,9 @@ def map_emotion(key: str, canonical: str, rng: np.random.Generator) -> str:
 
 
 #: Upper limits (% IOD) of SAMM's intensity letters A … D; E above.  Ours: the quantiles 15, 45,
-#: 68 and 86 % of the log-uniform :data:`~pipeline.standin.profiles.AMPLITUDE_IOD` range, where
-#: the former native-pixel limits (0.35, 0.7, 1.2, 1.8 of 0.25–2.5 px) sat.
-INTENSITY_LIMITS_IOD: tuple[tuple[str, float], ...] = (("A", 0.22), ("B", 0.48), ("C", 0.88),
-                                                      ("D", 1.38))
+#: 68 and 86 % of the log-uniform :data:`~pipeline.standin.profiles.AMPLITUDE_IOD` range.
+INTENSITY_LIMITS_IOD: tuple[tuple[str, float], ...] = (("A", 0.35), ("B", 0.7), ("C", 1.2),
+                                                      ("D", 1.8))
 
 
 def _intensity_letter(amplitude_iod: float) -> str:
@@ -816,13 +815,18 @@ def _layout(profile: Profile, dbp: DatabaseProfile, rng: np.random.Generator,
                         ev.actions = ev.actions + [AUAction(45, "B", blink.actions[0].amplitude_px,
                                                             rendered=False)]
                     break
-            head = {"translation_px": float(dbp.head_translation_px * math.exp(rng.normal(0, 0.4))),
+            # nuisances in face units: head motion in % of the subject's IOD, noise and JPEG at
+            # the release's level relative to the face (DatabaseProfile.face_scale)
+            trans_iod = float(dbp.head_translation_iod * math.exp(rng.normal(0, 0.4)))
+            head = {"translation_px": trans_iod * subj.iod_px / 100.0,
+                    "translation_iod": trans_iod,
                     "rotation_deg": float(dbp.head_rotation_deg * math.exp(rng.normal(0, 0.4))),
-                    "jitter_px": float(dbp.head_jitter_px)}
+                    "jitter_px": float(dbp.head_jitter_iod * subj.iod_px / 100.0)}
             nuisance = {"flicker": float(dbp.flicker * rng.uniform(0.5, 1.5)),
                         "flicker_hz": 100.0, "flicker_phase": float(rng.uniform(0, 2 * np.pi)),
-                        "noise_sigma": float(dbp.noise_sigma * rng.uniform(0.8, 1.2)),
-                        "jpeg_quality": int(dbp.jpeg_quality)}
+                        "noise_sigma": float(dbp.rendered_noise_sigma * rng.uniform(0.8, 1.2)),
+                        "jpeg_quality": dbp.rendered_jpeg_quality,
+                        "face_scale": dbp.face_scale}
             folder = _clip_folder(key, subj, name, unit[0]["emotion"])
             clips.append(Clip(key=key, subject=s_idx, folder=folder, first=first, last=last,
                               events=events, naming=naming, head=head, nuisance=nuisance,

@@ -15,6 +15,14 @@ The inverse is solved by fixed-point iteration ``p ← R_k⁻¹(x) − D_k(p)`` 
 fields' gradients stay below 1) and applied with ``cv2.remap`` (bicubic) — a sub-pixel warp of the
 photo, never a redraw.  ``g_k`` is an illumination flicker gain, ``n_k`` Gaussian sensor noise;
 frames are finally JPEG-encoded with fixed encoder settings.
+
+Units.  The renderer takes every level in units of the frame it draws: AU amplitudes, head
+translation and tremor in pixels, noise in grey levels, a JPEG quality.  The label plan
+(:mod:`pipeline.standin.labels`) derives them from face units — amplitudes and head motion in % of
+the subject's inter-ocular distance, noise and JPEG at the release's level relative to the face —
+so that every profile and frame size shows the same motion and nuisance relative to the face; the
+per-database levels, their sources and the calibration to the real CASME II reference are in
+:mod:`pipeline.standin.profiles` (module docstring) and docs/standin-realism.md.
 """
 
 from __future__ import annotations
