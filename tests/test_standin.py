@@ -319,14 +319,18 @@ def _region_stats(flow, event, roi, threshold=0.5):
 
 def test_measured_motion_is_the_rendered_motion(probe_faces):
     """TV-L1 between onset and apex, averaged over each rendered AU's region, tracks the
-    ground-truth amplitude; regions of AUs not rendered stay at the noise floor."""
+    ground-truth amplitude; regions of AUs not rendered stay at the noise floor.  The warp alone
+    (``appearance=False``): the AUs' shading is, by design, change the flow cannot explain
+    (test_appearance_change_follows_the_aus_amplitude_and_side); with it TV-L1 reads part of the
+    shading as motion, as on real faces."""
     tvl1 = cv2.optflow.DualTVL1OpticalFlow_create(**TVL1)
     rng = np.random.default_rng(1)
     measured, true, floor = [], [], []
     for img, lm in probe_faces:
         for au in CD6ME_AUS:
             amp = float(rng.uniform(0.5, 2.5))
-            onset, apex, placed, event, roi = render_probe(img, lm, {(au, "B"): amp}, (320, 240), 52.0)
+            onset, apex, placed, event, roi = render_probe(img, lm, {(au, "B"): amp}, (320, 240),
+                                                           52.0, appearance=False)
             assert event.amplitudes[0]["amplitude_px"] == pytest.approx(amp)
             flow = tvl1.calc(cv2.cvtColor(onset, cv2.COLOR_RGB2GRAY),
                              cv2.cvtColor(apex, cv2.COLOR_RGB2GRAY), None)
@@ -648,3 +652,50 @@ def test_amplitude_scale_multiplies_the_micro_apex_amplitudes_and_nothing_else()
     for bad in (0, -1.0, float("nan"), True, "3"):
         with pytest.raises(ValueError, match="amplitude_scale must be a positive number"):
             get_profile("quick", bad)
+
+
+def test_appearance_change_follows_the_aus_amplitude_and_side(probe_faces):
+    """FACS shading (pipeline.standin.appearance): placed by the landmarks on the AU's own skin,
+    proportional to the amplitude, on the acting side only, absent at the onset; and it is what
+    the flow cannot explain: the realism benchmark's unexplained share rises with it."""
+    from pipeline import realism
+    from pipeline.standin.appearance import APPEARANCE_GAIN, unit_shading
+
+    img, lm = probe_faces[0]
+
+    def apex_pair(aus, appearance=True):
+        return render_probe(img, lm, aus, (320, 240), 52.0, appearance=appearance)
+
+    grey = functools.partial(cv2.cvtColor, code=cv2.COLOR_RGB2GRAY)
+    on1, ap1, placed, ev1, roi = apex_pair({(1, "B"): 0.52})          # 1 % IOD
+    on0, ap0, *_ = apex_pair({(1, "B"): 0.52}, appearance=False)
+    _, ap2, _, ev2, _ = apex_pair({(1, "B"): 1.04})
+    _, ap2g, *_ = apex_pair({(1, "B"): 1.04}, appearance=False)
+    assert np.array_equal(on1, on0)                                   # nothing at the onset
+    assert ev1.amplitudes[0]["appearance"] == pytest.approx(APPEARANCE_GAIN * 1.0, rel=1e-3)
+    d1 = grey(ap1).astype(float) - grey(ap0).astype(float)           # the shading alone
+    d2 = grey(ap2).astype(float) - grey(ap2g).astype(float)
+    x0, y0, w, h = roi
+    s = np.zeros(d1.shape)
+    s[y0:y0 + h, x0:x0 + w] = np.abs(unit_shading(1, "B", placed.landmarks, roi))
+    inside, outside = s > 0.3, s < 0.01
+    assert np.abs(d1[inside]).mean() > 1.0 and np.abs(d1[outside]).mean() < 0.05
+    brows = placed.landmarks[[107, 336], 1].mean()
+    assert np.nonzero(inside)[0].mean() < brows                       # forehead, above the brows
+    assert np.abs(d2[inside]).mean() / np.abs(d1[inside]).mean() == pytest.approx(2.0, rel=0.2)
+    # unilateral: the subject's right (image left) only
+    on_r, ap_r, placed_r, _, _ = apex_pair({(12, "R"): 1.0})
+    _, ap_r0, *_ = apex_pair({(12, "R"): 1.0}, appearance=False)
+    dr = np.abs(grey(ap_r).astype(float) - grey(ap_r0).astype(float))
+    mid = int(round(placed_r.landmarks[[33, 133, 362, 263], 0].mean()))
+    assert dr[:, :mid].sum() > 20 * dr[:, mid:].sum()
+    # what a warp cannot explain: the residual after flow compensation grows with the shading
+    tvl1 = cv2.optflow.DualTVL1OpticalFlow_create(**TVL1)
+    mask = np.ones(d1.shape, bool)
+    mask[:y0] = mask[y0 + h:] = False
+    mask[:, :x0] = mask[:, x0 + w:] = False
+    share = {}
+    for name, apex in (("warp", ap2g), ("warp+shading", ap2)):
+        flow = tvl1.calc(grey(on1), grey(apex), None)
+        share[name] = realism.unexplained_share(on1, apex, flow, mask)
+    assert share["warp+shading"] > share["warp"] + 0.1, share
