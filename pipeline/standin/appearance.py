@@ -63,7 +63,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.standin.aus import AU_SPECS, SIDES, face_frame
+from pipeline.standin.aus import AU_SPECS, SIDES, face_frame, side_groups
 
 #: Relative intensity change at the apex per % IOD of AU amplitude (ours; module docstring).
 APPEARANCE_GAIN = 0.05
@@ -174,16 +174,7 @@ def features(au: int, side: str, landmarks: np.ndarray) -> list[tuple[np.ndarray
     fr = face_frame(pts)
     out = []
     for f in SHADING[au]:
-        per_side: list[tuple[tuple[int, ...], float]] = []
-        if f.left is None:
-            if side == "B":
-                per_side.append((f.right, 0.0))
-        else:
-            if side in ("B", "R"):
-                per_side.append((f.right, -1.0))     # subject's right = image left: out is -ex
-            if side in ("B", "L"):
-                per_side.append((f.left, 1.0))
-        for idx, sgn in per_side:
+        for idx, sgn in side_groups(f.right, f.left, side):
             out_dir = sgn * fr.ex if sgn else fr.ex
             centre = pts[list(idx)].mean(axis=0) + fr.iod * (f.shift_out * out_dir
                                                                + f.shift_up * fr.up)
