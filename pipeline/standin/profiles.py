@@ -102,13 +102,16 @@ casme3a  1.2       0.25    0.008    2.5     80    30 fps, 1280x720, a more natur
                                                   longer onset → apex time (Li et al. 2023, IEEE
                                                   TPAMI 45(3)); levels ours
 smic     0.8       0.2     0.01     3.0     85    SMIC-HS, 100 fps, 640x480 (Li et al. 2013,
-                                                  FG); darker, noisier frames; levels ours
+                                                  FG); levels ours (noisier frames)
 =======  ========  ======  =======  ======  ====  =============================================
 
 Only CASME II has a measured reference; the other levels are ours, ordered by the recording
 conditions above and kept near CASME II's, so that a head that moves more than the expression
 stays possible (the log-normal spread; more often in CAS(ME)^3 and SMIC-HS) but not typical.
-Tremor is 0.03 % IOD for every database (ours).
+Tremor is 0.03 % IOD for every database (ours).  The head trajectory runs in seconds; the quick
+profile clips short events to 5 frames at its lower frame rate, so its onset → apex times are
+somewhat longer (CASME II, seed 0: median 0.075 s against 0.065 s in full) and its head shifts
+onset → apex about 1.2× the full profile's (docs/standin-realism.md, "Quick and full profiles").
 """
 
 from __future__ import annotations
