@@ -58,8 +58,9 @@ def main(argv: list[str] | None = None) -> dict:
                                landmarker_model=p.get("landmarker_model"),
                                n_jobs=int(p.get("n_jobs", -1)))
     rows = sum(d["rows"] for d in report["databases"].values())
-    log.info("stand-in (%s, seed %d, apex amplitudes %g–%g px): %d rows in %d databases written "
-             "to %s in %.0f s", report["profile"], seed, *profile.amplitude_px, rows,
+    lo, hi = profile.databases["casme2"].amplitude_iod
+    log.info("stand-in (%s, seed %d, apex amplitudes %g–%g %% IOD): %d rows in %d databases "
+             "written to %s in %.0f s", report["profile"], seed, lo, hi, rows,
              len(report["databases"]), out, time.perf_counter() - start)
     return report
 

@@ -201,11 +201,19 @@ def test_tiny_build_ground_truth_and_report(standin_tiny):
         for s in gt:
             if s["expression_type"] != "micro":
                 continue
+            iod = s["placement"]["iod_px"]
             for a in s["aus"]:
                 if a["rendered"] and a["au"] != 45:        # capped only to keep warps 1-to-1
-                    assert 0 < a["amplitude_px"] <= a["requested_px"] <= 3.0
+                    assert 0 < a["amplitude_px"] <= a["requested_px"]
                     assert a["capped"] == (a["amplitude_px"] < a["requested_px"])
                     assert a["amplitude_px"] > 0.7 * a["requested_px"]
+                    # face units: drawn in % IOD (at most 1.2 x the range's top), pixels = % x IOD
+                    lo, hi = get_profile("tiny").databases[key].amplitude_iod
+                    assert 0 < a["requested_iod"] <= 1.2 * hi
+                    assert a["amplitude_iod"] == pytest.approx(100 * a["amplitude_px"] / iod,
+                                                               abs=2e-3)
+                    assert a["requested_px"] == pytest.approx(a["requested_iod"] * iod / 100,
+                                                              abs=2e-3)
         csv = pd.read_csv(standin_tiny / "ground_truth" / f"{key}.csv")
         assert len(csv) == len(gt)
         png = cv2.imread(str(standin_tiny / "contact_sheets" / f"{key}.png"))
@@ -247,7 +255,9 @@ def test_stage_amplitude_scale_renders_larger_motions_and_labels_the_metrics(
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     stage.main(["--params", str(tmp_path / "params.yaml")])
     build = json.loads((tmp_path / "standin" / "ground_truth" / "build.json").read_text())
-    assert build["amplitude_px"] == [0.5, 5.0]
+    lo, hi = get_profile("tiny").databases["casme2"].amplitude_iod
+    assert build["amplitude_scale"] == 2.0
+    assert build["amplitude_iod"]["casme2"] == pytest.approx([2 * lo, 2 * hi])
     n = 0
     for key in ("casme", "casme2", "fourd"):
         for a, b in zip(_gt(standin_tiny, key), _gt(tmp_path / "standin", key), strict=True):
@@ -309,14 +319,18 @@ def _region_stats(flow, event, roi, threshold=0.5):
 
 def test_measured_motion_is_the_rendered_motion(probe_faces):
     """TV-L1 between onset and apex, averaged over each rendered AU's region, tracks the
-    ground-truth amplitude; regions of AUs not rendered stay at the noise floor."""
+    ground-truth amplitude; regions of AUs not rendered stay at the noise floor.  The warp alone
+    (``appearance=False``): the AUs' shading is, by design, change the flow cannot explain
+    (test_appearance_change_follows_the_aus_amplitude_and_side); with it TV-L1 reads part of the
+    shading as motion, as on real faces."""
     tvl1 = cv2.optflow.DualTVL1OpticalFlow_create(**TVL1)
     rng = np.random.default_rng(1)
     measured, true, floor = [], [], []
     for img, lm in probe_faces:
         for au in CD6ME_AUS:
             amp = float(rng.uniform(0.5, 2.5))
-            onset, apex, placed, event, roi = render_probe(img, lm, {(au, "B"): amp}, (320, 240), 52.0)
+            onset, apex, placed, event, roi = render_probe(img, lm, {(au, "B"): amp}, (320, 240),
+                                                           52.0, appearance=False)
             assert event.amplitudes[0]["amplitude_px"] == pytest.approx(amp)
             flow = tvl1.calc(cv2.cvtColor(onset, cv2.COLOR_RGB2GRAY),
                              cv2.cvtColor(apex, cv2.COLOR_RGB2GRAY), None)
@@ -417,11 +431,24 @@ def test_full_profile_label_draw_has_cd6me_statistics():
     # identities: disjoint blocks, at most the 102 photos
     ids = {k: {s.identity for s in db.subjects} for k, db in plan.databases.items()}
     assert sum(len(v) for v in ids.values()) == len(set().union(*ids.values())) <= 102
-    # amplitudes: log-uniform-ish, mostly sub-pixel, a sizeable share below 0.5 px
-    amps = np.array([a.amplitude_px for s in rows for a in
-                     plan.databases[s.key].clips[s.clip].events[s.event].actions
-                     if a.rendered and not a.k_marked and a.au in CD6ME_AUS])
-    assert 0.2 <= (amps < 0.5).mean() <= 0.45 and (amps < 1.0).mean() >= 0.5 and amps.max() <= 3.0
+    # amplitudes in face units (% IOD): log-uniform in the database's range, each AU around its
+    # sample's level (clipped to 0.8 x low .. 1.2 x high); pixels = % IOD x the subject's IOD, so
+    # that full-size faces see sub-pixel motions for a sizeable share too
+    acts = [(s.key, a) for s in rows for a in
+            plan.databases[s.key].clips[s.clip].events[s.event].actions
+            if a.rendered and not a.k_marked and a.au in CD6ME_AUS]
+    pct = np.array([a.amplitude_iod for _, a in acts])
+    lo, hi = plan.databases["casme2"].profile.amplitude_iod
+    assert pct.min() >= 0.8 * lo and pct.max() <= 1.2 * hi
+    # log-uniform: the median near the geometric mean, a third or so in each log-third
+    assert abs(np.log(np.median(pct)) - 0.5 * np.log(lo * hi)) < 0.15 * np.log(hi / lo)
+    thirds = np.digitize(np.log(pct), np.log(lo) + np.log(hi / lo) * np.array([1 / 3, 2 / 3]))
+    assert all(0.2 <= (thirds == t).mean() <= 0.45 for t in range(3))
+    for key, a in acts:
+        iod = plan.databases[key].subjects[0].iod_px    # every subject: within +-25 % of it
+        assert 0.75 * iod * a.amplitude_iod / 100 <= a.amplitude_px <= 1.34 * iod * a.amplitude_iod / 100
+    px = np.array([a.amplitude_px for _, a in acts])
+    assert (px < 0.5).mean() >= 0.2 and (px < 1.0).mean() >= 0.5
     # annotation: apex off by a few frames now and then; a small share of quirks
     off = np.array([s.annotated_apex - s.apex for s in rows if s.annotated_apex is not None])
     assert 0.1 <= (off != 0).mean() <= 0.5 and np.abs(off).max() <= 3
@@ -597,23 +624,78 @@ def _differences(a, b, path=()):
 
 
 def test_amplitude_scale_multiplies_the_micro_apex_amplitudes_and_nothing_else():
-    assert get_profile("quick", 3).amplitude_px == pytest.approx((0.75, 7.5))
+    lo, hi = get_profile("quick").databases["casme2"].amplitude_iod
+    for d in get_profile("quick", 3).databases.values():
+        assert d.amplitude_iod == pytest.approx((3 * lo, 3 * hi))
     assert get_profile("quick", 1.0) == get_profile("quick")
     base = plan_only("quick", seed=3).to_dict()
     big = plan_only(get_profile("quick", amplitude_scale=3.0), seed=3).to_dict()
     diffs = _differences(base, big)
-    amps = [(p, a, b) for p, a, b in diffs if p[-1] == "amplitude_px"]
-    # the same draws: every micro AU (distractors included) ×3; blinks and 4DME's (k) AUs not
-    assert len(amps) > 400
+    # the database profiles' amplitude ranges ×3
+    profile_diffs = [p for p, _, _ in diffs if p[2:3] == ("profile",)]
+    assert {p[3:] for p in profile_diffs} == {("amplitude_iod",)}
+    # the same draws: every micro AU (distractors included) ×3, in % IOD and in pixels; blinks
+    # and 4DME's (k) AUs not
+    amps = [(p, a, b) for p, a, b in diffs if p[-1] in ("amplitude_px", "amplitude_iod")
+            and p not in profile_diffs]
+    assert len(amps) > 800
     for path, a, b in amps:
         assert b == pytest.approx(3 * a, rel=1e-12), path
     micro = [action for db in base["databases"].values() for clip in db["clips"]
              for ev in clip["events"] if ev["kind"] == "micro" for action in ev["actions"]]
-    assert len(amps) == sum(not x["k_marked"] and x["au"] != 45 for x in micro)
+    assert len(amps) == 2 * sum(not x["k_marked"] and x["au"] != 45 for x in micro)
     # otherwise only SAMM's intensity letters follow the amplitude
-    others = [(p, a, b) for p, a, b in diffs if p[-1] != "amplitude_px"]
+    others = [(p, a, b) for p, a, b in diffs if p[-1] not in ("amplitude_px", "amplitude_iod")
+              and p not in profile_diffs]
     assert others and all(p[:2] == ("databases", "samm") for p, _, _ in others), others[:3]
     assert {p[-1] for p, _, _ in others} <= {"intensity", "au_cell", "label_aus"}
     for bad in (0, -1.0, float("nan"), True, "3"):
         with pytest.raises(ValueError, match="amplitude_scale must be a positive number"):
             get_profile("quick", bad)
+
+
+def test_appearance_change_follows_the_aus_amplitude_and_side(probe_faces):
+    """FACS shading (pipeline.standin.appearance): placed by the landmarks on the AU's own skin,
+    proportional to the amplitude, on the acting side only, absent at the onset; and it is what
+    the flow cannot explain: the realism benchmark's unexplained share rises with it."""
+    from pipeline import realism
+    from pipeline.standin.appearance import APPEARANCE_GAIN, unit_shading
+
+    img, lm = probe_faces[0]
+
+    def apex_pair(aus, appearance=True):
+        return render_probe(img, lm, aus, (320, 240), 52.0, appearance=appearance)
+
+    grey = functools.partial(cv2.cvtColor, code=cv2.COLOR_RGB2GRAY)
+    on1, ap1, placed, ev1, roi = apex_pair({(1, "B"): 0.52})          # 1 % IOD
+    on0, ap0, *_ = apex_pair({(1, "B"): 0.52}, appearance=False)
+    _, ap2, _, ev2, _ = apex_pair({(1, "B"): 1.04})
+    _, ap2g, *_ = apex_pair({(1, "B"): 1.04}, appearance=False)
+    assert np.array_equal(on1, on0)                                   # nothing at the onset
+    assert ev1.amplitudes[0]["appearance"] == pytest.approx(APPEARANCE_GAIN * 1.0, rel=1e-3)
+    d1 = grey(ap1).astype(float) - grey(ap0).astype(float)           # the shading alone
+    d2 = grey(ap2).astype(float) - grey(ap2g).astype(float)
+    x0, y0, w, h = roi
+    s = np.zeros(d1.shape)
+    s[y0:y0 + h, x0:x0 + w] = np.abs(unit_shading(1, "B", placed.landmarks, roi))
+    inside, outside = s > 0.3, s < 0.01
+    assert np.abs(d1[inside]).mean() > 1.0 and np.abs(d1[outside]).mean() < 0.05
+    brows = placed.landmarks[[107, 336], 1].mean()
+    assert np.nonzero(inside)[0].mean() < brows                       # forehead, above the brows
+    assert np.abs(d2[inside]).mean() / np.abs(d1[inside]).mean() == pytest.approx(2.0, rel=0.2)
+    # unilateral: the subject's right (image left) only
+    on_r, ap_r, placed_r, _, _ = apex_pair({(12, "R"): 1.0})
+    _, ap_r0, *_ = apex_pair({(12, "R"): 1.0}, appearance=False)
+    dr = np.abs(grey(ap_r).astype(float) - grey(ap_r0).astype(float))
+    mid = int(round(placed_r.landmarks[[33, 133, 362, 263], 0].mean()))
+    assert dr[:, :mid].sum() > 20 * dr[:, mid:].sum()
+    # what a warp cannot explain: the residual after flow compensation grows with the shading
+    tvl1 = cv2.optflow.DualTVL1OpticalFlow_create(**TVL1)
+    mask = np.ones(d1.shape, bool)
+    mask[:y0] = mask[y0 + h:] = False
+    mask[:, :x0] = mask[:, x0 + w:] = False
+    share = {}
+    for name, apex in (("warp", ap2g), ("warp+shading", ap2)):
+        flow = tvl1.calc(grey(on1), grey(apex), None)
+        share[name] = realism.unexplained_share(on1, apex, flow, mask)
+    assert share["warp+shading"] > share["warp"] + 0.1, share

@@ -267,16 +267,7 @@ def anchors(au: int, side: str, landmarks: np.ndarray) -> tuple[np.ndarray, np.n
     fr = face_frame(pts)
     pos, vec, sig = [], [], []
     for g in spec.groups:
-        per_side: list[tuple[tuple[int, ...], float]] = []
-        if g.left is None:                      # midline group: only in bilateral actions
-            if side == "B":
-                per_side.append((g.right, 0.0))
-        else:
-            if side in ("B", "R"):
-                per_side.append((g.right, -1.0))   # subject's right = image left: out is -ex
-            if side in ("B", "L"):
-                per_side.append((g.left, 1.0))
-        for idx, sgn in per_side:
+        for idx, sgn in side_groups(g.right, g.left, side):
             out_dir = sgn * fr.ex
             v = g.weight * (g.out * out_dir + g.up * fr.up)
             for i in idx:
@@ -285,6 +276,23 @@ def anchors(au: int, side: str, landmarks: np.ndarray) -> tuple[np.ndarray, np.n
                 vec.append(v)
                 sig.append(g.sigma * fr.iod)
     return np.array(pos), np.array(vec), np.array(sig)
+
+
+def side_groups(right: tuple[int, ...], left: tuple[int, ...] | None,
+                side: str) -> list[tuple[tuple[int, ...], float]]:
+    """The landmark groups an action on ``side`` uses, each with the sign of ``out`` along ``ex``.
+
+    A midline group (``left`` is ``None``) acts only in bilateral actions (sign 0); the subject's
+    right side is the image left, so its ``out`` direction is ``−ex`` (sign −1), the left's ``+ex``.
+
+    Returns
+    -------
+    list of (tuple of int, float)
+    """
+    if left is None:
+        return [(right, 0.0)] if side == "B" else []
+    return ([(right, -1.0)] if side in ("B", "R") else []) + \
+        ([(left, 1.0)] if side in ("B", "L") else [])
 
 
 @dataclass

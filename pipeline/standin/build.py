@@ -53,6 +53,8 @@ from pipeline.standin.render import (
 from pipeline.standin.writers import frame_name, write_attribution, write_sheet
 
 log = logging.getLogger("standin")
+#: The clip nuisance entries the renderer's :class:`Nuisance` takes (the plan records more).
+NUISANCE_KEYS = ("flicker", "flicker_hz", "flicker_phase", "noise_sigma", "jpeg_quality")
 
 StandinError = face_src.StandinError
 
@@ -150,7 +152,9 @@ def build_standin(out: str | os.PathLike, profile: str | Profile = "quick", seed
     gt_dir = out / "ground_truth"
     gt_dir.mkdir()
     report = {"profile": prof.name, "seed": int(seed), "pipeline_version": __version__,
-              "amplitude_px": list(prof.amplitude_px), "databases": {},
+              "amplitude_scale": prof.amplitude_scale,
+              "amplitude_iod": {k: list(prof.databases[k].amplitude_iod) for k in keys},
+              "databases": {},
               "photos": {"available": len(photos), "used": [], "skipped": skipped}}
     for key, db in plan.databases.items():
         root = out / key
@@ -158,7 +162,7 @@ def build_standin(out: str | os.PathLike, profile: str | Profile = "quick", seed
         write_attribution(root)
         records = _ground_truth(db, rendered, photo_of, sha)
         gt = {"database": key, "profile": prof.name, "seed": int(seed),
-              "amplitude_px": list(prof.amplitude_px),
+              "amplitude_iod": list(db.profile.amplitude_iod),
               "database_profile": asdict(db.profile), "samples": records}
         write_json(gt_dir / f"{key}.json", gt)
         _write_gt_csv(gt_dir / f"{key}.csv", records)
@@ -216,7 +220,7 @@ def _render_subject(root: str, dbp: DatabaseProfile, subject: Subject, clips: li
         rng = np.random.default_rng(clip.seed)
         head = HeadMotion.draw(rng, clip.head["translation_px"], clip.head["rotation_deg"],
                                clip.head["jitter_px"])
-        nuisance = Nuisance(**clip.nuisance)
+        nuisance = Nuisance(**{k: clip.nuisance[k] for k in NUISANCE_KEYS})
         specs = [EventSpec(tuple(AUAmplitude(a.au, a.side, a.amplitude_px)
                                  for a in ev.actions if a.rendered), ev.onset, ev.apex, ev.offset)
                  for ev in clip.events]
@@ -231,7 +235,9 @@ def _render_subject(root: str, dbp: DatabaseProfile, subject: Subject, clips: li
             "events": [p.amplitudes for p in prepared],
             "head_shift_px": [head_shift(head, placed, dbp.fps, clip.first, ev.onset, ev.apex)
                               for ev in clip.events],
-            "head": {"translation_px": head.translation_px, "rotation_deg": head.rotation_deg,
+            "head": {"translation_px": head.translation_px,
+                     "translation_iod": clip.head["translation_iod"],
+                     "rotation_deg": head.rotation_deg,
                      "jitter_px": head.jitter_px, "freqs_hz": head.freqs_hz.round(4).tolist(),
                      "phases": head.phases.round(4).tolist(),
                      "coeffs": head.coeffs.round(4).tolist()},
@@ -263,10 +269,13 @@ def _ground_truth(db: DatabasePlan, rendered: dict, photo_of: dict, sha: dict) -
             if a.rendered:
                 r = next(it)
                 rec.update(amplitude_px=_r(r["amplitude_px"]), requested_px=_r(r["requested_px"]),
+                           amplitude_iod=_r(100.0 * r["amplitude_px"] / subj.iod_px),
+                           requested_iod=_r(100.0 * r["requested_px"] / subj.iod_px),
                            capped=r["capped"], peak_xy=[_r(v, 2) for v in r["peak_xy"]],
                            peak_dir=[_r(v) for v in r["peak_dir"]])
             else:
-                rec.update(amplitude_px=0.0, requested_px=_r(a.amplitude_px), capped=False,
+                rec.update(amplitude_px=0.0, requested_px=_r(a.amplitude_px), amplitude_iod=0.0,
+                           requested_iod=_r(100.0 * a.amplitude_px / subj.iod_px), capped=False,
                            peak_xy=None, peak_dir=None)
             aus.append(rec)
         blinks = [{"onset": e.onset, "apex": e.apex, "offset": e.offset,
@@ -313,7 +322,9 @@ def _ground_truth(db: DatabasePlan, rendered: dict, photo_of: dict, sha: dict) -
                           "grey": db.profile.grey, "gains": [_r(g) for g in subj.gains],
                           "gamma": _r(subj.gamma)},
             "face_box": [_r(v, 2) for v in res["face_box"]],
-            "head_motion": {**cres["head"], "shift_onset_apex_px": _r(cres["head_shift_px"][s.event])},
+            "head_motion": {**cres["head"], "shift_onset_apex_px": _r(cres["head_shift_px"][s.event]),
+                            "shift_onset_apex_iod": _r(100 * cres["head_shift_px"][s.event]
+                                                       / subj.iod_px)},
             "nuisance": clip.nuisance,
             "fps": db.profile.fps,
             "seed": clip.seed,
@@ -324,7 +335,8 @@ def _ground_truth(db: DatabasePlan, rendered: dict, photo_of: dict, sha: dict) -
 
 _CSV_COLUMNS = ["row", "subject", "subject_folder", "material", "material_unique",
                 "expression_type", "folder", "onset", "apex", "annotated_apex", "offset",
-                "n_frames", "au_cell", "label_aus", *[f"AU{a}_px" for a in CD6ME_AUS], "side",
+                "n_frames", "au_cell", "label_aus", *[f"AU{a}_px" for a in CD6ME_AUS],
+                *[f"AU{a}_iod" for a in CD6ME_AUS], "side",
                 "emotion", "quirks", "blink", "head_shift_px", "identity", "seed"]
 
 
@@ -334,12 +346,15 @@ def _write_gt_csv(path: Path, records: list[dict]) -> None:
     w.writerow(_CSV_COLUMNS)
     for r in records:
         amp = {a["au"]: a["amplitude_px"] for a in r["aus"] if a["rendered"] and not a["k_marked"]}
+        amp_iod = {a["au"]: a["amplitude_iod"] for a in r["aus"]
+                   if a["rendered"] and not a["k_marked"]}
         sides = sorted({a["side"] for a in r["aus"] if a["rendered"] and a["au"] in CD6ME_AUS})
         w.writerow([r["row"], r["subject"], r["subject_folder"], r["material"], r["material_unique"],
                     r["expression_type"], r["folder"], r["onset"], r["apex"],
                     "" if r["annotated_apex"] is None else r["annotated_apex"], r["offset"],
                     len(r["frame_files"]), r["au_cell"], "|".join(map(str, r["label_aus"])),
-                    *[amp.get(a, 0.0) for a in CD6ME_AUS], "".join(sides) or "-", r["emotion"],
+                    *[amp.get(a, 0.0) for a in CD6ME_AUS], *[amp_iod.get(a, 0.0) for a in CD6ME_AUS],
+                    "".join(sides) or "-", r["emotion"],
                     "|".join(r["quirks"]), int(bool(r["blinks"])),
                     r["head_motion"]["shift_onset_apex_px"], r["identity"]["identity"], r["seed"]])
     path.write_text(buf.getvalue(), encoding="utf-8")

@@ -71,9 +71,10 @@ def contact_sheet(key: str, root: str | os.PathLike, samples: list[dict], out: s
         tiles = np.hstack([a, b, d])
         cap = np.full((CAPTION_H, tiles.shape[1], 3), 255, np.uint8)
         amp = max((x["amplitude_px"] for x in s["aus"] if x["au"] != 45), default=0.0)
+        amp_iod = max((x["amplitude_iod"] for x in s["aus"] if x["au"] != 45), default=0.0)
         _text(cap, f"{s['material']}  onset {s['onset']}  true apex {s['apex']}  "
                    f"diff x{gain:.0f}", (4, 13))
-        _text(cap, f"AU: {s['au_cell'] or '-'}   max amplitude {amp:.2f} px", (4, 28))
+        _text(cap, f"AU: {s['au_cell'] or '-'}   max {amp:.2f} px, {amp_iod:.2f} % IOD", (4, 28))
         rows.append(np.vstack([tiles, cap]))
     width = 3 * TILE
     title = np.full((TITLE_H, width, 3), 255, np.uint8)

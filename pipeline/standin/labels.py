@@ -46,7 +46,13 @@ import numpy as np
 from scipy.optimize import lsq_linear
 
 from pipeline.standin.aus import AU_SPECS, CD6ME_AUS
-from pipeline.standin.profiles import KEYS, DatabaseProfile, Profile, allocate_subjects
+from pipeline.standin.profiles import (
+    K_MARKED_IOD,
+    KEYS,
+    DatabaseProfile,
+    Profile,
+    allocate_subjects,
+)
 
 #: CD6ME marginal prevalences (DATASETS.md: positives / 2031).
 TARGET_PREVALENCE: dict[int, float] = {
@@ -138,7 +144,11 @@ _TILT = 0.25          # log-sd of the per-database tilt of the pattern weights
 
 @dataclass
 class AUAction:
-    """A rendered AU: side ``B``/``R``/``L``, apex amplitude in native pixels, how it is coded."""
+    """A rendered AU: side ``B``/``R``/``L``, apex amplitude, how it is coded.
+
+    ``amplitude_px`` is the apex amplitude in pixels of the database's frames, ``amplitude_iod``
+    the same in % of the subject's inter-ocular distance (the unit it is drawn in; 0 for blinks,
+    drawn as a share of the lid drop)."""
 
     au: int
     side: str
@@ -148,6 +158,7 @@ class AUAction:
     coded: bool = True               # written in the AU cell
     rendered: bool = True            # drawn by this event (False: only written, e.g. a blink
                                      # rendered as its own event but coded in this row)
+    amplitude_iod: float = 0.0       # % of the subject's IOD
 
 
 @dataclass
@@ -436,10 +447,16 @@ def map_emotion(key: str, canonical: str, rng: np.random.Generator) -> str:
 # AU cells
 
 
-def _intensity_letter(amplitude_px: float) -> str:
-    """SAMM-style intensity A (trace) … E (maximum) from the apex amplitude."""
-    for letter, limit in (("A", 0.35), ("B", 0.7), ("C", 1.2), ("D", 1.8)):
-        if amplitude_px < limit:
+#: Upper limits (% IOD) of SAMM's intensity letters A … D; E above.  Ours: the quantiles 15, 45,
+#: 68 and 86 % of the log-uniform :data:`~pipeline.standin.profiles.AMPLITUDE_IOD` range.
+INTENSITY_LIMITS_IOD: tuple[tuple[str, float], ...] = (("A", 0.35), ("B", 0.7), ("C", 1.2),
+                                                      ("D", 1.8))
+
+
+def _intensity_letter(amplitude_iod: float) -> str:
+    """SAMM-style intensity A (trace) … E (maximum) from the apex amplitude, % of IOD."""
+    for letter, limit in INTENSITY_LIMITS_IOD:
+        if amplitude_iod < limit:
             return letter
     return "E"
 
@@ -525,8 +542,8 @@ def plan_standin(profile: Profile, seed: int, n_identities: int | None = None,
     if unknown:
         raise ValueError(f"unknown database keys {sorted(unknown)}; expected some of {KEYS}")
     sub_prof = Profile(name=profile.name, databases={k: profile.databases[k] for k in keys},
-                       amplitude_px=profile.amplitude_px,
-                       macro_amplitude_px=profile.macro_amplitude_px,
+                       amplitude_scale=profile.amplitude_scale,
+                       macro_amplitude_iod=profile.macro_amplitude_iod,
                        macro_duration_s=profile.macro_duration_s,
                        contact_samples=profile.contact_samples)
     n_ids = sub_prof.total_subjects() if n_identities is None else int(n_identities)
@@ -556,6 +573,12 @@ def _duration_frames(rng: np.random.Generator, dbp: DatabaseProfile, dur_range: 
 
 def _amplitude(rng: np.random.Generator, lo: float, hi: float) -> float:
     return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+
+
+def _action(au: int, side: str, amplitude_iod: float, iod_px: float, **kw) -> AUAction:
+    """An AU action drawn in % of IOD, with its amplitude in pixels of the subject's frames."""
+    return AUAction(au, side, float(amplitude_iod) * iod_px / 100.0,
+                    amplitude_iod=float(amplitude_iod), **kw)
 
 
 def _plan_database(profile: Profile, dbp: DatabaseProfile, seed: int, identities: list[int],
@@ -591,14 +614,17 @@ def _plan_database(profile: Profile, dbp: DatabaseProfile, seed: int, identities
     drafts = []
     if key in EMOTION_CLASSES:
         for i, cls in enumerate(draw_emotion_classes(key, n, rng)):
-            drafts.append(_draft_of_class(profile, dbp, rng, subj_of[i], cls, weights))
+            drafts.append(_draft_of_class(dbp, rng, subj_of[i], subjects[subj_of[i]].iod_px, cls,
+                                          weights))
     else:
         au_sets = (draw_smic_au_sets(n, weights, rng) if key == "smic"
                    else draw_au_sets(n, weights, rng))
         for i in range(n):
-            drafts.append(_draft_micro(profile, dbp, rng, subj_of[i], au_sets[i]))
+            drafts.append(_draft_micro(dbp, rng, subj_of[i], subjects[subj_of[i]].iod_px,
+                                       au_sets[i]))
     for _ in range(dbp.n_macro):
-        drafts.append(_draft_macro(profile, dbp, rng, int(rng.integers(n_sub))))
+        s_idx = int(rng.integers(n_sub))
+        drafts.append(_draft_macro(profile, dbp, rng, s_idx, subjects[s_idx].iod_px))
 
     clips, samples = _layout(profile, dbp, rng, subjects, drafts, seed)
     _inject_quirks(dbp, rng, samples, clips)
@@ -606,10 +632,12 @@ def _plan_database(profile: Profile, dbp: DatabaseProfile, seed: int, identities
     return DatabasePlan(key=key, profile=dbp, subjects=subjects, clips=clips, samples=samples)
 
 
-def _draft_micro(profile: Profile, dbp: DatabaseProfile, rng: np.random.Generator, subject: int,
+def _draft_micro(dbp: DatabaseProfile, rng: np.random.Generator, subject: int, iod_px: float,
                  au_set: tuple[int, ...]) -> dict:
+    """A micro-expression draft; amplitudes drawn in % of IOD (``dbp.amplitude_iod``) and
+    converted to pixels with the subject's IOD ``iod_px``."""
     key = dbp.key
-    lo, hi = profile.amplitude_px
+    lo, hi = dbp.amplitude_iod
     # sample intensity, each AU around it (correlated within a sample)
     level = math.exp(rng.uniform(math.log(lo), math.log(hi)))
     side_draw = "R" if rng.uniform() < 0.5 else "L"
@@ -617,21 +645,21 @@ def _draft_micro(profile: Profile, dbp: DatabaseProfile, rng: np.random.Generato
     for au in au_set:
         uni = AU_SPECS[au].unilateral and rng.uniform() < UNILATERAL_P.get(au, 0) * dbp.unilateral_scale
         amp = float(np.clip(level * math.exp(rng.normal(0, 0.2)), lo * 0.8, hi * 1.2))
-        actions.append(AUAction(au, side_draw if uni else "B", amp))
+        actions.append(_action(au, side_draw if uni else "B", amp, iod_px))
     extras = [au for au, p in DISTRACTOR_P.items() if rng.uniform() < p]
     if not au_set and not extras:
         extras = [int(rng.choice(list(DISTRACTOR_P)))]
     for au in extras:
         uni = AU_SPECS[au].unilateral and rng.uniform() < UNILATERAL_P.get(au, 0)
-        actions.append(AUAction(au, side_draw if uni else "B", _amplitude(rng, lo, hi)))
+        actions.append(_action(au, side_draw if uni else "B", _amplitude(rng, lo, hi), iod_px))
     if key == "samm":
         for a in actions:
             if rng.uniform() < 0.45:
-                a.intensity = _intensity_letter(a.amplitude_px)
+                a.intensity = _intensity_letter(a.amplitude_iod)
     if key == "fourd" and rng.uniform() < 0.25:
         free = [au for au in CD6ME_AUS if au not in au_set]
         au = int(rng.choice(free))
-        actions.append(AUAction(au, "B", _amplitude(rng, 0.12, 0.3), k_marked=True))
+        actions.append(_action(au, "B", _amplitude(rng, *K_MARKED_IOD), iod_px, k_marked=True))
     coded = {a.au: a.side for a in actions if not a.k_marked}
     canon = canonical_emotion(coded)
     rule = map_emotion(key, canon, rng)
@@ -648,8 +676,8 @@ def _draft_micro(profile: Profile, dbp: DatabaseProfile, rng: np.random.Generato
             "blink_coded": rng.uniform() < dbp.blink_coded}
 
 
-def _draft_of_class(profile: Profile, dbp: DatabaseProfile, rng: np.random.Generator,
-                    subject: int, cls: str, weights: np.ndarray) -> dict:
+def _draft_of_class(dbp: DatabaseProfile, rng: np.random.Generator, subject: int, iod_px: float,
+                    cls: str, weights: np.ndarray) -> dict:
     """A micro-expression draft whose rule label is ``cls``: AU sets drawn with the database's
     pattern weights (none included) until the FACS rule and the release's mapping give ``cls``
     (rejection sampling: the AU sets of a class keep their relative CD6ME weights).  Label noise
@@ -664,7 +692,7 @@ def _draft_of_class(profile: Profile, dbp: DatabaseProfile, rng: np.random.Gener
     probs = np.concatenate([[NONE_SHARE], weights])
     probs = probs / probs.sum()
     for _ in range(MAX_CLASS_TRIES):
-        d = _draft_micro(profile, dbp, rng, subject, pats[int(rng.choice(len(pats), p=probs))])
+        d = _draft_micro(dbp, rng, subject, iod_px, pats[int(rng.choice(len(pats), p=probs))])
         if d["rule"] == cls:
             return d
     raise RuntimeError(f"{dbp.key}: no AU pattern gave the class {cls!r} in {MAX_CLASS_TRIES} "
@@ -680,12 +708,12 @@ def _apex_jitter(rng: np.random.Generator, dbp: DatabaseProfile) -> int:
 
 
 def _draft_macro(profile: Profile, dbp: DatabaseProfile, rng: np.random.Generator,
-                 subject: int) -> dict:
+                 subject: int, iod_px: float) -> dict:
     key = dbp.key
     pats = list(PATTERN_PRIORS)
     au_set = pats[int(rng.integers(len(pats)))]
-    lo, hi = profile.macro_amplitude_px
-    actions = [AUAction(au, "B", _amplitude(rng, lo, hi)) for au in au_set]
+    lo, hi = profile.macro_amplitude_iod
+    actions = [_action(au, "B", _amplitude(rng, lo, hi), iod_px) for au in au_set]
     coded = {a.au: a.side for a in actions}
     canon = canonical_emotion(coded)
     rule = map_emotion(key, canon, rng)
@@ -787,13 +815,18 @@ def _layout(profile: Profile, dbp: DatabaseProfile, rng: np.random.Generator,
                         ev.actions = ev.actions + [AUAction(45, "B", blink.actions[0].amplitude_px,
                                                             rendered=False)]
                     break
-            head = {"translation_px": float(dbp.head_translation_px * math.exp(rng.normal(0, 0.4))),
+            # nuisances in face units: head motion in % of the subject's IOD, noise and JPEG at
+            # the release's level relative to the face (DatabaseProfile.face_scale)
+            trans_iod = float(dbp.head_translation_iod * math.exp(rng.normal(0, 0.4)))
+            head = {"translation_px": trans_iod * subj.iod_px / 100.0,
+                    "translation_iod": trans_iod,
                     "rotation_deg": float(dbp.head_rotation_deg * math.exp(rng.normal(0, 0.4))),
-                    "jitter_px": float(dbp.head_jitter_px)}
+                    "jitter_px": float(dbp.head_jitter_iod * subj.iod_px / 100.0)}
             nuisance = {"flicker": float(dbp.flicker * rng.uniform(0.5, 1.5)),
                         "flicker_hz": 100.0, "flicker_phase": float(rng.uniform(0, 2 * np.pi)),
-                        "noise_sigma": float(dbp.noise_sigma * rng.uniform(0.8, 1.2)),
-                        "jpeg_quality": int(dbp.jpeg_quality)}
+                        "noise_sigma": float(dbp.rendered_noise_sigma * rng.uniform(0.8, 1.2)),
+                        "jpeg_quality": dbp.rendered_jpeg_quality,
+                        "face_scale": dbp.face_scale}
             folder = _clip_folder(key, subj, name, unit[0]["emotion"])
             clips.append(Clip(key=key, subject=s_idx, folder=folder, first=first, last=last,
                               events=events, naming=naming, head=head, nuisance=nuisance,
@@ -931,7 +964,8 @@ def _inject_quirks(dbp: DatabaseProfile, rng: np.random.Generator, samples: list
             alt = CONFUSABLE[a.au]
             tok_a = au_token(key, a, True)
             tok_b = au_token(key, AUAction(alt, a.side if AU_SPECS[alt].unilateral else "B",
-                                           a.amplitude_px, a.intensity), True)
+                                           a.amplitude_px, a.intensity,
+                                           amplitude_iod=a.amplitude_iod), True)
             rest = [au_token(key, b, False) for b in actions if b.coded and b is not a]
             s.au_cell = s.extra["au_separator"].join([f"{tok_a} or {tok_b}", *rest])
             s.au_alternatives = [a.au, alt]

@@ -4,17 +4,28 @@ The photo is placed once into the database's frame (similarity transform: scale 
 inter-ocular distance, roll, position; area-averaged down-sampling), colour-graded (or turned grey)
 and kept as a float32 *base* image.  Frame ``k`` is then::
 
-    I_k(x) = g_k · B(p_k(x)) + n_k(x)
+    I_k(x) = g_k · B_k(p_k(x)) + n_k(x),    B_k(p) = B(p) · (1 + Σ_e s_e(k) H_e(p))
 
 where ``p_k`` inverts the forward motion ``p ↦ R_k(p + D_k(p))`` — ``D_k = Σ_e s_e(k) F_e`` the
 sum over the clip's events (micro/macro-expressions, blinks) of their AU displacement fields
 ``F_e = Σ_AU A_AU U_AU`` (:mod:`pipeline.standin.aus`) scaled by each event's temporal profile
 ``s_e`` (0 at onset, 1 at apex, 0 at offset, raised-cosine rise and fall), and ``R_k`` a small
-rigid head motion (rotation about the face centre plus translation, a smooth random trajectory).
+rigid head motion (rotation about the face centre plus translation, a smooth random trajectory),
+and ``H_e = Σ_AU h_AU S_AU`` the event's FACS shading and wrinkles (:mod:`pipeline.standin.
+appearance`: each AU's unit shading ``S_AU`` times a contrast ``h_AU`` proportional to its
+amplitude in % IOD), applied to the neutral face before the warp so that it moves with the skin.
 The inverse is solved by fixed-point iteration ``p ← R_k⁻¹(x) − D_k(p)`` (convergent since the
 fields' gradients stay below 1) and applied with ``cv2.remap`` (bicubic) — a sub-pixel warp of the
 photo, never a redraw.  ``g_k`` is an illumination flicker gain, ``n_k`` Gaussian sensor noise;
 frames are finally JPEG-encoded with fixed encoder settings.
+
+Units.  The renderer takes every level in units of the frame it draws: AU amplitudes, head
+translation and tremor in pixels, noise in grey levels, a JPEG quality.  The label plan
+(:mod:`pipeline.standin.labels`) derives them from face units — amplitudes and head motion in % of
+the subject's inter-ocular distance, noise and JPEG at the release's level relative to the face —
+so that every profile and frame size shows the same motion and nuisance relative to the face; the
+per-database levels, their sources and the calibration to the real CASME II reference are in
+:mod:`pipeline.standin.profiles` (module docstring) and docs/standin-realism.md.
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ from dataclasses import field as dc_field
 import cv2
 import numpy as np
 
+from pipeline.standin import appearance as au_shading
 from pipeline.standin import aus as au_fields
 
 #: JPEG encoder settings: fixed so that the same frame always gives the same bytes.
@@ -292,43 +304,63 @@ class Nuisance:
 
 @dataclass
 class PreparedEvent:
-    """An event's summed AU field on the face region and its timing."""
+    """An event's summed AU field and shading on the face region, and its timing."""
 
     field: np.ndarray             # (h, w, 2) float32, pixels at apex
     onset: int
     apex: int
     offset: int
     amplitudes: list[dict] = dc_field(default_factory=list)
+    shade: np.ndarray | None = None   # (h, w) float32, relative intensity change at apex
 
 
 def prepare_events(placed: PlacedFace, events: Sequence[EventSpec],
-                   roi: tuple[int, int, int, int]) -> list[PreparedEvent]:
-    """Sum each event's AU fields at their amplitudes on the face region.
+                   roi: tuple[int, int, int, int], appearance: bool = True) -> list[PreparedEvent]:
+    """Sum each event's AU fields and AU shadings at their amplitudes on the face region.
 
     An amplitude that would make the warp fold (``A · max|∇U| > MAX_WARP_GRADIENT``) is capped;
     the returned ``amplitudes`` record per AU the requested and the rendered amplitude, the peak
-    position and direction, so the ground truth holds what was actually drawn.
+    position and direction, and the peak relative intensity change of its shading at the apex
+    (``appearance``: ``APPEARANCE_GAIN`` × the rendered amplitude in % IOD,
+    :mod:`pipeline.standin.appearance`), so the ground truth holds what was actually drawn.
+
+    Parameters
+    ----------
+    placed : PlacedFace
+    events : sequence of EventSpec
+    roi : tuple of int
+        ``(x0, y0, w, h)``, frame pixels.
+    appearance : bool
+        Add the AUs' FACS shading (the build always does; ``False`` renders geometry only).
 
     Returns
     -------
     list of PreparedEvent
     """
     x0, y0, w, h = roi
+    iod = au_fields.face_frame(placed.landmarks).iod
     out = []
     for ev in events:
         total = np.zeros((h, w, 2), np.float32)
+        shade = np.zeros((h, w), np.float32)
         amps = []
         for a in ev.aus:
             uf = au_fields.unit_field(a.au, a.side, placed.landmarks, roi)
             cap = MAX_WARP_GRADIENT / max(uf.max_gradient, 1e-9)
             amp = float(min(a.amplitude_px, cap))
             total += amp * uf.field
+            us = au_shading.unit_shading(a.au, a.side, placed.landmarks, roi) if appearance else None
+            gain = 0.0 if us is None else au_shading.APPEARANCE_GAIN * 100.0 * amp / iod
+            if us is not None:
+                shade += np.float32(gain) * us
+                shade += au_shading.relief(amp * uf.field)
             amps.append({
                 "au": a.au, "side": a.side, "amplitude_px": amp,
                 "requested_px": float(a.amplitude_px), "capped": bool(amp < a.amplitude_px),
-                "peak_xy": uf.peak_xy, "peak_dir": uf.peak_dir,
+                "peak_xy": uf.peak_xy, "peak_dir": uf.peak_dir, "appearance": gain,
             })
-        out.append(PreparedEvent(total, ev.onset, ev.apex, ev.offset, amps))
+        out.append(PreparedEvent(total, ev.onset, ev.apex, ev.offset, amps,
+                                 shade if shade.any() else None))
     return out
 
 
@@ -382,6 +414,18 @@ def render_frames(placed: PlacedFace, events: Sequence[PreparedEvent], roi: tupl
         zx = (cx + c * dx - s * dy).astype(np.float32)
         zy = (cy + s * dx + c * dy).astype(np.float32)
         weights = [p[i] for p in profiles]
+        base = placed.base
+        shading = [(wt, ev.shade) for wt, ev in zip(weights, events, strict=True)
+                   if wt > 0 and ev.shade is not None]
+        if shading:
+            # appearance change on the neutral face, before the warp: it moves with the skin
+            rel = np.zeros((rh, rw), np.float32)
+            for wt, sh in shading:
+                rel += np.float32(wt) * sh
+            np.clip(rel, -au_shading.MAX_SHADING, au_shading.MAX_SHADING, out=rel)
+            base = placed.base.copy()
+            region = base[y0:y0 + rh, x0:x0 + rw]
+            region *= 1.0 + (rel if base.ndim == 2 else rel[..., None])
         if any(wt > 0 for wt in weights):
             disp = np.zeros((rh, rw, 2), np.float32)
             for wt, ev in zip(weights, events, strict=True):
@@ -396,7 +440,7 @@ def render_frames(placed: PlacedFace, events: Sequence[PreparedEvent], roi: tupl
                 px, py = wzx - d[..., 0], wzy - d[..., 1]
             zx[wy0:wy1, wx0:wx1] = px
             zy[wy0:wy1, wx0:wx1] = py
-        img = cv2.remap(placed.base, zx, zy, interpolation=cv2.INTER_CUBIC,
+        img = cv2.remap(base, zx, zy, interpolation=cv2.INTER_CUBIC,
                         borderMode=cv2.BORDER_REPLICATE)
         gain = 1.0 + nuisance.flicker * math.sin(
             2 * math.pi * nuisance.flicker_hz * float(k) / fps + nuisance.flicker_phase)
@@ -445,9 +489,9 @@ def head_shift(head: HeadMotion, placed: PlacedFace, fps: float, frame0: int,
 
 
 def render_probe(photo: np.ndarray, landmarks: np.ndarray, aus: dict[tuple[int, str], float],
-                 frame_size: tuple[int, int], iod_px: float,
-                 grey: bool = False) -> tuple[np.ndarray, np.ndarray, PlacedFace, PreparedEvent,
-                                              tuple[int, int, int, int]]:
+                 frame_size: tuple[int, int], iod_px: float, grey: bool = False,
+                 appearance: bool = True) -> tuple[np.ndarray, np.ndarray, PlacedFace,
+                                                   PreparedEvent, tuple[int, int, int, int]]:
     """Onset and apex frames of one event without any nuisance, through the build's own code path.
 
     Parameters
@@ -463,13 +507,15 @@ def render_probe(photo: np.ndarray, landmarks: np.ndarray, aus: dict[tuple[int, 
     iod_px : float
         Target inter-ocular distance, pixels.
     grey : bool
+    appearance : bool
+        With the AUs' shading (as the build); ``False``: the warp alone.
 
     Returns
     -------
     onset, apex : ndarray of shape (H, W[, 3]), uint8
     placed : PlacedFace
     event : PreparedEvent
-        Holds the rendered amplitudes and the summed field.
+        Holds the rendered amplitudes, the summed field and the summed shading.
     roi : tuple of int
     """
     w, h = frame_size
@@ -478,7 +524,7 @@ def render_probe(photo: np.ndarray, landmarks: np.ndarray, aus: dict[tuple[int, 
     placed = place_photo(photo, landmarks, placement)
     roi = au_fields.face_roi(placed.landmarks, frame_size)
     spec = EventSpec(tuple(AUAmplitude(a, s, amp) for (a, s), amp in aus.items()), 0, 2, 4)
-    [event] = prepare_events(placed, [spec], roi)
+    [event] = prepare_events(placed, [spec], roi, appearance=appearance)
     onset, apex = render_frames(placed, [event], roi, [0, 2], 10.0, HeadMotion.still(), Nuisance(),
                                 np.random.default_rng(0))
     return onset, apex, placed, event, roi
