@@ -40,7 +40,8 @@ CROP = 64          # faces crop and flow size (px) for speed; the quick configur
 #: the quick configuration's SSSNet (params.yaml, methods.sssnet: 64 px, Adam 3e-3 over one cycle
 #: of 6 epochs, hflip), on one thread
 SSSNET = {**method_params(load(REPO / "params.yaml"), "sssnet"), "device": "cpu",
-          "torch_threads": 1, "save_checkpoints": False, "final_model": False}
+          "torch_threads": 1, "save_checkpoints": False, "final_model": False,
+          "loss": {"pos_weight": "balanced"}, "epochs": 12}
 AUC_MARGIN = 0.03  # above the random guesser's 99th percentile (module docstring)
 F1_MARGIN = 0.02
 N_SAMPLES = 20     # per CD6ME database
