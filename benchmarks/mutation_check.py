@@ -166,6 +166,10 @@ def run_tests(root: Path, tests: tuple[str, ...], report: Path) -> dict[str, boo
     for case in ET.parse(report).getroot().iter("testcase"):
         name = f"{case.get('classname')}::{case.get('name')}"
         outcome[name] = case.find("failure") is None and case.find("error") is None
+        props = {p.get("name"): p.get("value") for p in case.iter("property")}
+        if props:  # e.g. a learning test's score and bar
+            print(f"    {name}: {'passed' if outcome[name] else 'FAILED'} "
+                  + " ".join(f"{k} {v}" for k, v in props.items()), flush=True)
     report.unlink()
     return outcome
 

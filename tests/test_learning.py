@@ -142,10 +142,12 @@ def data(tmp_path_factory) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(METHODS))
-def test_method_learns_the_synthetic_labels(name, data, tmp_path):
+def test_method_learns_the_synthetic_labels(name, data, tmp_path, record_property):
     samples, feats = data[data_key(name)]
     score = train(name, samples, feats, tmp_path)
     q99, bar = chance_bar(name, samples)
+    record_property("score", round(score, 3))  # in --junitxml reports (mutation_check.py)
+    record_property("bar", round(bar, 3))
     assert score > bar, (f"{name}: score {score:.3f} not above the random guesser's 99th "
                          f"percentile {q99:.3f} + {MARGIN}; measured {MEASURED.get(name)}")
 
