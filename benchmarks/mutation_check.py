@@ -158,7 +158,7 @@ def run_tests(root: Path, tests: tuple[str, ...], report: Path) -> dict[str, boo
     """Run ``tests`` in ``root``; returns ``{test id: passed}`` (skipped tests count as passed)."""
     env = dict(os.environ, PYTHONPATH=str(root), PYTHONDONTWRITEBYTECODE="1", TQDM_DISABLE="1")
     subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                    f"--junitxml={report}", *tests], cwd=root, env=env,
+                    "-o", "junit_family=xunit1", f"--junitxml={report}", *tests], cwd=root, env=env,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
     if not report.is_file():
         raise RuntimeError(f"pytest wrote no report for {tests}")
