@@ -23,6 +23,7 @@ Usage::
     python benchmarks/mutation_check.py                  # every break
     python benchmarks/mutation_check.py --break random_scores --break no_restore
     python benchmarks/mutation_check.py --list
+    python benchmarks/mutation_check.py --break shuffled_labels -k "ac4au or mimicking"
 
 Prints, per break, the tests that failed (caught it) and those that passed; exits 0 when every
 break is caught, 1 when one is not, 2 when a break no longer applies to the source (its text was
@@ -154,11 +155,14 @@ def restore(originals: dict[Path, str]) -> None:
         path.write_text(text)
 
 
-def run_tests(root: Path, tests: tuple[str, ...], report: Path) -> dict[str, bool]:
-    """Run ``tests`` in ``root``; returns ``{test id: passed}`` (skipped tests count as passed)."""
+def run_tests(root: Path, tests: tuple[str, ...], report: Path,
+              select: str | None = None) -> dict[str, bool]:
+    """Run ``tests`` in ``root`` (``select``: a pytest ``-k`` expression); returns
+    ``{test id: passed}`` (skipped tests count as passed)."""
     env = dict(os.environ, PYTHONPATH=str(root), PYTHONDONTWRITEBYTECODE="1", TQDM_DISABLE="1")
     subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                    "-o", "junit_family=xunit1", f"--junitxml={report}", *tests], cwd=root, env=env,
+                    "-o", "junit_family=xunit1", f"--junitxml={report}",
+                    *(["-k", select] if select else []), *tests], cwd=root, env=env,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
     if not report.is_file():
         raise RuntimeError(f"pytest wrote no report for {tests}")
@@ -179,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--break", dest="breaks", action="append", choices=sorted(BREAKS),
                     help="run only this break (repeatable; default: all)")
     ap.add_argument("--list", action="store_true", help="list the breaks and exit")
+    ap.add_argument("-k", dest="select", metavar="EXPR",
+                    help="only the tests matching this pytest -k expression")
     ap.add_argument("--skip-baseline", action="store_true",
                     help="do not first check that the unchanged copy passes the tests")
     args = ap.parse_args(argv)
@@ -194,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         failing: list[str] = []
         if not args.skip_baseline:
             tests = tuple(dict.fromkeys(t for n in names for t in BREAKS[n].tests))
-            baseline = run_tests(root, tests, report)
+            baseline = run_tests(root, tests, report, args.select)
             failing = [t for t, ok in baseline.items() if not ok]
             print(f"baseline (no break): {len(baseline) - len(failing)} of {len(baseline)} "
                   "tests pass", flush=True)
@@ -212,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name}: does not apply ({exc})")
                 return 2
             try:
-                outcome = run_tests(root, brk.tests, report)
+                outcome = run_tests(root, brk.tests, report, args.select)
             finally:
                 restore(originals)
             outcome = {t: ok for t, ok in outcome.items() if t not in failing}
