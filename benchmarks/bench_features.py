@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     size = args.size or int(flow_p["size"])
     flow_p["size"] = size
     faces_p["sizes"] = sorted({size, int(patches_p["size"]), *faces_p["sizes"]})
-    photos_dir = Path(os.environ.get("MER_FACES_DIR", "/work/shared/faces")) / "neutral_front"
+    photos_dir = Path(os.environ.get("MER_FACES_DIR") or ROOT.parent / "shared" / "faces") / "neutral_front"
     photos = sorted(photos_dir.glob("*.jpg"))[: args.samples]
     if len(photos) < args.samples:
         raise SystemExit(f"{photos_dir}: {len(photos)} photos, {args.samples} needed")

@@ -1,9 +1,9 @@
 """Shared fixtures: the face photos, the MediaPipe bundle, and a tiny stand-in build.
 
-``faces_dir`` and ``landmarker_model`` come from ``$MER_FACES_DIR`` / ``$MER_LANDMARKER_MODEL``,
-else from the workplace's ``../shared`` folder beside the repository.  When neither exists the
-tests that need them are skipped on a developer machine and fail on CI (``CI=true``), where they
-must run.
+``faces_dir``, ``landmarker_model`` and ``realsheets_dir`` come from ``$MER_FACES_DIR`` /
+``$MER_LANDMARKER_MODEL`` / ``$MER_REALSHEETS_DIR``, else from the workplace's ``../shared`` folder
+beside the repository (tests/shared_data.py).  When neither exists the tests that need them are
+skipped on a developer machine and fail on CI (``CI=true``), where they must run.
 
 Every test runs torch on one intra-op thread (``_one_torch_thread``): the tensors are small, the
 results do not depend on the machine's core count, and two threads oversubscribe a busy 2-core
@@ -13,12 +13,10 @@ own setting.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
+from shared_data import external
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -31,28 +29,22 @@ def _one_torch_thread():
     torch.set_num_threads(before)
 
 
-def _external(env_var: str, shared_rel: str) -> Path:
-    value = os.environ.get(env_var)
-    path = Path(value) if value else REPO.parent / "shared" / shared_rel
-    if path.exists():
-        return path
-    msg = (f"{path} not found ({env_var} is {'set' if value else 'not set'}); set {env_var} to "
-           "a local copy")
-    if os.environ.get("CI", "").strip().lower() == "true":
-        pytest.fail(msg)
-    pytest.skip(msg)
-
-
 @pytest.fixture(scope="session")
 def faces_dir() -> Path:
     """Folder of the London-set photos (holding ``neutral_front/001_03.jpg`` …)."""
-    return _external("MER_FACES_DIR", "faces")
+    return external("MER_FACES_DIR", "faces")
 
 
 @pytest.fixture(scope="session")
 def landmarker_model() -> Path:
     """MediaPipe ``face_landmarker.task``."""
-    return _external("MER_LANDMARKER_MODEL", "models/face_landmarker.task")
+    return external("MER_LANDMARKER_MODEL", "models/face_landmarker.task")
+
+
+@pytest.fixture(scope="session")
+def realsheets_dir() -> Path:
+    """The public copies of the real annotation sheets (``../shared/realsheets``)."""
+    return external("MER_REALSHEETS_DIR", "realsheets")
 
 
 @pytest.fixture(scope="session")

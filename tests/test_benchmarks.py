@@ -47,6 +47,7 @@ SMALLEST: dict[str, tuple[list[str], list[str], str]] = {
 
 #: script → why it is not run here (it must say the same at its top).  None today.
 EXEMPT: dict[str, str] = {
+    "mutation_check.py": "runs the learning and selection tests on a scratch copy (minutes)",
     "bench_realism.py": "needs a run's caches (dvc repro flow); tests/test_realism.py runs it on "
                         "a tiny cache it writes",
 }

@@ -44,19 +44,17 @@ LOCAL = {"backend": "local", "n_jobs": 1, "scheduler": None}
 
 
 @pytest.fixture(scope="module")
-def photos_dir() -> Path:
-    d = Path(os.environ.get("MER_FACES_DIR", "/work/shared/faces")) / "neutral_front"
-    if not d.is_dir():
-        pytest.skip(f"face photos not found at {d} (set MER_FACES_DIR)")
+def photos_dir(faces_dir) -> Path:
+    """The photos of ``neutral_front`` (conftest: ``$MER_FACES_DIR`` or ``../shared/faces``)."""
+    d = faces_dir / "neutral_front"
+    assert d.is_dir(), f"{faces_dir} has no neutral_front/ folder of photos"
     return d
 
 
 @pytest.fixture(scope="module")
-def model_path() -> str:
-    p = os.environ.get("MER_LANDMARKER_MODEL", "/work/shared/models/face_landmarker.task")
-    if not Path(p).is_file():
-        pytest.skip(f"MediaPipe bundle not found at {p} (set MER_LANDMARKER_MODEL)")
-    return p
+def model_path(landmarker_model) -> str:
+    """The MediaPipe bundle (conftest: ``$MER_LANDMARKER_MODEL`` or ``../shared/models``)."""
+    return str(landmarker_model)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import training_synth
 from training_synth import AU_BLOBS, build
 
 from pipeline.features.cache import CacheWriter
@@ -341,8 +342,12 @@ def test_loso_run_writes_the_metrics_schema_and_learns_the_synthetic_classes(tmp
         assert set(r) >= {"accuracy", "uf1", "uar", "n_samples"}
     pred = pd.read_csv(tmp_path / "metrics" / "gam" / "predictions.csv")
     assert len(pred) == sum(r["n_samples"] for r in saved["results"].values())
-    # the AU blobs decide the class: well above the 3-class chance level
-    assert result["results"]["smic-3"]["uf1"] > 0.6
+    # the AU blobs decide the class.  Bar: the 99th percentile of a uniform random guesser's UF1
+    # on these 24 SMIC labels (0.543; mean 0.307) + 0.05, as in tests/test_learning.py.  Measured
+    # (2026-12-07): 0.894 at training seeds 0, 1, 2; with the labels shuffled within each
+    # database 0.123-0.243 (seeds 0-2; benchmarks/mutation_check.py: both breaks fail it)
+    chance = training_synth.chance_scores(samples, "smic-3")
+    assert result["results"]["smic-3"]["uf1"] > float(np.quantile(chance, 0.99)) + 0.05
 
 
 def test_params_and_dvc_yaml_wire_train_gam_mm_mer():

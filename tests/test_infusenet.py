@@ -9,6 +9,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from shared_data import require_module
 from torch import nn
 
 from pipeline.models.backbones import (
@@ -32,6 +33,8 @@ from pipeline.models.infusenet import (
 S = 64  # flow / image side (px) in these tests; the latent is S/2
 B = 3
 
+#: grad-cam is installed by ./mer without its dependencies (they would bring a second OpenCV)
+GRADCAM_HINT = "./mer installs grad-cam==1.5.7 and ttach==0.0.3 with --no-deps"
 
 
 @pytest.fixture(autouse=True)
@@ -576,7 +579,7 @@ class _TinyAUNet(nn.Module):
 
 
 def test_gradcam_equals_the_activation_on_a_tiny_model(caplog) -> None:
-    pytest.importorskip("pytorch_grad_cam")
+    require_module("pytorch_grad_cam", GRADCAM_HINT)
     from pipeline.models.gradcam import gradcam_maps
 
     model = _TinyAUNet([0.5, 2.0, -1.0])
@@ -603,7 +606,7 @@ def test_gradcam_equals_the_activation_on_a_tiny_model(caplog) -> None:
      ("infusenet_vit", "frame_mag.blocks.11.norm1")],
 )  # fmt: skip
 def test_gradcam_maps_shape_and_range(variant: str, layer: str) -> None:
-    pytest.importorskip("pytorch_grad_cam")
+    require_module("pytorch_grad_cam", GRADCAM_HINT)
     from pipeline.models.gradcam import gradcam_maps
 
     model = build_infusenet_variant(variant, {"image_size": S})
@@ -616,7 +619,6 @@ def test_gradcam_maps_shape_and_range(variant: str, layer: str) -> None:
 
 
 def test_save_gradcam_figure_writes_png(tmp_path) -> None:
-    pytest.importorskip("matplotlib")
     from matplotlib.image import imread
 
     from pipeline.models.gradcam import save_gradcam_figure

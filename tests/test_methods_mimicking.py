@@ -255,12 +255,7 @@ def synth(tmp_path_factory):
     csv, feats = training_synth.build(root, n_subjects=2, per_subject=4, size=SIZE, seed=5,
                                       databases=("casme2", "samm"))
     training_synth.add_infusenet_caches(feats, seed=0, image_alphas=(6,))
-    flow = FeatureCache(feats / "flow.h5", "flow")
-    with CacheWriter(feats / "flow_mag.h5", "flow_mag", {"synthetic": True}) as w:
-        for row, sid in enumerate(flow.sample_ids):
-            f = flow.read("onset_apex", row)
-            w.append(sid, {"onset_mag": f * 1.5, "offset_mag": f * 0.5})
-    flow.close()
+    training_synth.add_flow_mag(feats)
     return read_samples(csv), feats
 
 

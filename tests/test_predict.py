@@ -299,7 +299,7 @@ def test_predict_clear_errors(tmp_path, template_models, capsys, landmarker_mode
     bad = tmp_path / "notavideo.avi"
     bad.write_text("hello")
     code, cap = _predict([bad, "--method", "templates_au", "--models", template_models], capsys)
-    assert code == 2 and "cannot" in cap.err.lower() or "no frame" in cap.err
+    assert code == 2 and ("cannot" in cap.err.lower() or "no frame" in cap.err)
     one = tmp_path / "one"
     one.mkdir()
     cv2.imwrite(str(one / "f001.png"), np.zeros((40, 40, 3), np.uint8))

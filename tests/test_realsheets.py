@@ -24,21 +24,19 @@ from cd6me_reference import (
     MEB,
     SAMM_FIXES,
 )
+from shared_data import shared_path
 
 from pipeline.databases import READERS
 from pipeline.databases.aus import CD6ME_AU_COLUMNS, CD6ME_AUS
 
-#: ``../shared/realsheets`` beside the repository (CI), or ``$MER_REALSHEETS_DIR``.
-REALSHEETS = Path(os.environ.get("MER_REALSHEETS_DIR")
-                  or Path(__file__).resolve().parents[1].parent / "shared" / "realsheets")
+#: ``$MER_REALSHEETS_DIR``, else ``../shared/realsheets`` beside the repository (CI).
+REALSHEETS = shared_path("MER_REALSHEETS_DIR", "realsheets")
 CASME3A_FILE = "cas(me)3_part_A_ME_label_JpgIndex_v2.xlsx"
 SAMM_FILE = "SAMM_Micro_FACS_Codes_v2.xlsx"
 CASME2_FILE = "CASME2-coding-20190701.xlsx"
 
-pytestmark = pytest.mark.skipif(
-    not REALSHEETS.is_dir(),
-    reason=f"{REALSHEETS} not found: the public copies of the real annotation files live in the "
-           "workplace's shared/realsheets folder beside the repository")
+#: Every test needs the sheets: skipped without them on a developer machine, failed on CI.
+pytestmark = pytest.mark.usefixtures("realsheets_dir")
 
 COLUMNS = ["sample_id", "subject", "onset", "apex", "offset", "n_frames", *CD6ME_AU_COLUMNS,
            "emotion"]

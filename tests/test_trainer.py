@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -109,6 +110,45 @@ def test_constant_emotion_majority_and_prevalence(synth, tmp_path):
     prev, _ = _run("prev", {"family": "constant", "rule": "prevalence", "task": "emotion",
                             "protocol": "loso", "tasks": ["smic-3"]}, synth, tmp_path)
     assert set(prev["results"]) == {"smic-3"}
+
+
+def test_prevalence_baseline_draws_with_the_training_prevalence(synth, tmp_path):
+    """``rule: prevalence`` draws each AU with its training prevalence (Bernoulli, independent
+    across AUs and samples) and each class with its training frequency; per fold, from that
+    fold's training rows."""
+    from pipeline.training.baselines import Prevalence
+    from pipeline.training.protocols import Fold, cd6me_table
+    from pipeline.training.registry import FoldContext
+
+    n = 40_000
+    y = np.zeros((20, 3), np.float32)
+    y[:1, 0], y[:6, 1], y[:16, 2] = 1, 1, 1          # prevalences 0.05, 0.3, 0.8
+    fold = Fold("f", "x", "cd6me", np.arange(20), np.arange(0))
+    ctx = FoldContext(method="p", task="au", fold=fold, n_outputs=3, class_names=("A", "B", "C"),
+                      train_targets=y, train_subjects=(), seed=0, params={})
+    scores, draws = Prevalence().fit(ctx).predict(n, np.random.default_rng(0))
+    np.testing.assert_allclose(scores, np.tile([0.05, 0.3, 0.8], (n, 1)))
+    p = np.array([0.05, 0.3, 0.8])
+    assert set(np.unique(draws)) == {0, 1}
+    assert np.all(np.abs(draws.mean(axis=0) - p) < 5 * np.sqrt(p * (1 - p) / n))
+    corr = np.corrcoef(draws.T)[np.triu_indices(3, 1)]
+    assert np.all(np.abs(corr) < 0.03)                # independent across AUs
+    assert np.abs(np.corrcoef(draws[:-1, 2], draws[1:, 2])[0, 1]) < 0.03  # and across samples
+    emo = FoldContext(method="p", task="emotion", fold=fold, n_outputs=3,
+                      class_names=("a", "b", "c"), train_targets=np.array([0] * 14 + [2] * 6),
+                      train_subjects=(), seed=0, params={})
+    scores, classes = Prevalence().fit(emo).predict(n, np.random.default_rng(1))
+    np.testing.assert_allclose(scores[0], [0.7, 0.0, 0.3])
+    freq = np.bincount(classes, minlength=3) / n
+    assert freq[1] == 0 and abs(freq[0] - 0.7) < 5 * np.sqrt(0.21 / n)
+    # through the runner: each fold's fitted p is its own training rows' prevalence
+    res, paths = _run("prev_au", {"family": "constant", "rule": "prevalence", "task": "au",
+                                  "protocol": "cd6me"}, synth, tmp_path)
+    table = cd6me_table(synth[0])
+    for db in ("casme", "samm"):
+        fitted = json.loads((paths.models / f"{db}.json").read_text())["p"]
+        train = table[table["database"] != db]
+        assert fitted == pytest.approx({au: float(train[au].mean()) for au in CD6ME_AUS})
 
 
 def test_score_columns_keep_decisions_through_csv(tmp_path):
@@ -217,7 +257,21 @@ def test_live_folders_skip_dvc_exp_bookkeeping(tmp_path, monkeypatch):
     assert plain._inside_dvc_exp
 
 
-def test_loso_with_inner_validation(synth, tmp_path):
+def test_loso_with_inner_validation(synth, tmp_path, monkeypatch):
+    """Inner validation is drawn from the training subjects only, and each fold keeps the epoch
+    with the best validation score (curves.csv) as its selected epoch."""
+    from pipeline.training import run as run_module
+    from pipeline.training.protocols import subject_identity
+
+    seen = []
+    real = run_module.fit_predict
+
+    def spy(spec, ctx, store, train, test, targets, settings, validation=None, **kw):
+        ids = np.asarray(store.sample_ids, dtype=object)
+        seen.append((ctx.fold, set(ids[train]), set(ids[test]), set(ids[validation])))
+        return real(spec, ctx, store, train, test, targets, settings, validation=validation, **kw)
+
+    monkeypatch.setattr(run_module, "fit_predict", spy)
     params = {"family": "sssnet", "task": "emotion", "protocol": "loso", **TINY,
               "tasks": ["casme2-3", "composite-3"], "selection": "inner_val", "val_share": 0.3,
               "loss": {"class_weights": "inverse"}}
@@ -226,10 +280,83 @@ def test_loso_with_inner_validation(synth, tmp_path):
                                    "composite-3/casme2", "composite-3/samm"}
     folds = sorted(paths.folds.glob("*.json"))
     assert len(folds) == 3 + 9  # casme2-3: 3 subjects; composite: 3 x 3 subjects
-    f = json.loads(folds[0].read_text())
-    assert f["task"] == "emotion" and 1 <= f["selected_epoch"] <= 2
-    assert len(f["results"]) == 1
-    assert "val_score" in pd.read_csv(paths.metrics / "curves.csv").columns
+    samples = synth[0].set_index("sample_id")
+    subject_of = dict(zip(samples.index, subject_identity(samples.reset_index()), strict=True))
+    assert len(seen) == len(folds)
+    for fold, train, test, validation in seen:
+        subjects = {name: {subject_of[i] for i in ids}
+                    for name, ids in (("train", train), ("test", test), ("val", validation))}
+        assert subjects["test"] == {fold.held_out}
+        assert validation and not validation & (train | test)
+        assert not subjects["val"] & (subjects["train"] | subjects["test"])
+    curves = pd.read_csv(paths.metrics / "curves.csv")
+    for path in folds:
+        f = json.loads(path.read_text())
+        assert f["task"] == "emotion" and len(f["results"]) == 1
+        rows = curves[(curves["fold"] == f["fold"])].sort_values("epoch")
+        assert f["selected_epoch"] == int(rows["epoch"].iloc[int(np.argmax(rows["val_score"]))])
+
+
+class _EpochClock(torch.nn.Module):
+    """Predicts the true class of a sample exactly in the epoch equal to its tag, the next class
+    otherwise; the epoch (a buffer, so part of the state dict) also shifts every logit slightly,
+    so the test scores tell which epoch's weights made them."""
+
+    def __init__(self, n_classes: int = 3):
+        super().__init__()
+        self.n_classes = n_classes
+        self.register_buffer("epoch", torch.zeros(()))
+        self.unused = torch.nn.Parameter(torch.zeros(()))  # something for the optimiser
+
+    def set_epoch(self, epoch: int, n_epochs: int) -> None:
+        self.epoch.fill_(float(epoch))
+
+    def forward(self, tag: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+        hit = tag.round().long() == self.epoch.long()
+        cls = torch.where(hit, truth, (truth + 1) % self.n_classes)
+        ramp = torch.arange(self.n_classes, dtype=torch.float32)
+        return (10.0 * torch.nn.functional.one_hot(cls, self.n_classes) + 0.0 * self.unused
+                + 0.01 * self.epoch * ramp)
+
+
+def test_inner_val_selects_on_validation_only_and_restores_that_epoch(synth):
+    """fit_predict with ``selection: inner_val`` on a model whose per-epoch behaviour is known:
+    validation samples are right only in epoch 2, test samples only in epoch 3, and 4 is the last
+    epoch.  Selection must pick 2 (not the test fold's 3, not the last 4), and the test scores must
+    be epoch 2's (the selected weights restored before the test prediction)."""
+    from pipeline.training.protocols import Fold
+    from pipeline.training.registry import FoldContext, MethodSpec
+    from pipeline.training.trainer import fit_predict
+
+    samples, feats = synth
+    ids = samples["sample_id"].tolist()
+    inputs = (InputSpec("flow", "flow", "onset_apex", "flow", 8),)
+    store = FeatureStore(inputs, ids, feats)
+    avail = np.flatnonzero(store.available)
+    train, validation, test = avail[:24], avail[24:36], avail[36:48]
+    targets = np.arange(len(ids), dtype=np.int64) % 3
+    tag = np.zeros(len(ids), np.float32)
+    tag[validation], tag[test] = 2, 3
+    spec = MethodSpec(task="emotion", protocol="loso", inputs=inputs,
+                      build_model=lambda ctx: _EpochClock(),
+                      forward=lambda model, batch: model(batch["tag"], batch["truth"]))
+    fold = Fold("clock", "x/1", "clock", train, test)
+    ctx = FoldContext(method="clock", task="emotion", fold=fold, n_outputs=3,
+                      class_names=("a", "b", "c"), train_targets=targets[train],
+                      train_subjects=("x/2",), seed=0, params={})
+    settings = TrainSettings.from_params({"epochs": 4, "batch_size": 8, "selection": "inner_val",
+                                          "device": "cpu", "optimizer": {"name": "sgd", "lr": 0.1}})
+    out = fit_predict(spec, ctx, store, train, test, targets, settings, validation=validation,
+                      extras={"tag": tag, "truth": targets})
+    assert [round(r["val_score"], 6) for r in out.curves] == [0.0, 1.0, 0.0, 0.0]
+    assert out.selected_epoch == 2
+    clock = _EpochClock()
+    clock.set_epoch(2, 4)
+    with torch.no_grad():
+        expected = torch.softmax(clock(torch.as_tensor(tag[test]), torch.as_tensor(targets[test])),
+                                 dim=1).numpy()
+    np.testing.assert_allclose(out.scores, expected, rtol=1e-5)
+    assert (out.scores.argmax(axis=1) != targets[test]).all()  # epoch 2 is wrong on the test part
 
 
 def test_flow_preprocessing_and_flip():
@@ -239,6 +366,26 @@ def test_flow_preprocessing_and_flip():
     out = preprocess_flow(flow, 16, "sample")
     assert out.shape == (3, 16, 16) and out.dtype == np.float32
     assert np.abs(out).max() <= 1.0 + 1e-6
+    # flow_norm: sample divides (u, v) by the 99th percentile of the resized magnitude and ε by
+    # that of |ε|, then clips to [-1, 1] (module docstring)
+    resized = cv2.resize(flow, (16, 16), interpolation=cv2.INTER_AREA)
+    s_uv = np.quantile(np.hypot(resized[..., 0], resized[..., 1]), 0.99) + 1e-6
+    s_e = np.quantile(np.abs(resized[..., 2]), 0.99) + 1e-6
+    np.testing.assert_allclose(out[:2], np.clip(resized[..., :2] / s_uv, -1, 1).transpose(2, 0, 1),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out[2], np.clip(resized[..., 2] / s_e, -1, 1), rtol=1e-5, atol=1e-6)
+    # scale-free: the same flow in other units gives the same input
+    np.testing.assert_allclose(preprocess_flow(flow * 7.0, 16, "sample"), out, rtol=1e-5, atol=1e-6)
+    # a known case without resizing: magnitudes 1..100 on a 10 x 10 grid, all along u
+    ramp = np.zeros((10, 10, 3), np.float32)
+    ramp[..., 0] = np.arange(1, 101, dtype=np.float32).reshape(10, 10)
+    ramp[..., 2] = 2.0
+    known = preprocess_flow(ramp, None, "sample")
+    q99 = np.quantile(np.arange(1, 101), 0.99)  # 99.01
+    np.testing.assert_allclose(known[0].ravel(), np.minimum(np.arange(1, 101) / (q99 + 1e-6), 1.0),
+                               rtol=1e-6)
+    assert (known[0].ravel() == 1.0).sum() == 1 and known[0].ravel()[-2] == pytest.approx(99 / q99)
+    np.testing.assert_allclose(known[2], 2.0 / (2.0 + 1e-6), rtol=1e-6)
     raw = preprocess_flow(np.full((32, 32, 3), 2.0, np.float32), 16, "none")
     np.testing.assert_allclose(raw[0], 1.0)  # u halves with the grid: pixels/frame at 16 px
     np.testing.assert_allclose(raw[2], 2.0)  # strain is scale-free

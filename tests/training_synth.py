@@ -240,3 +240,48 @@ def add_infusenet_caches(feats: Path, seed: int = 0, drop_from_magnified: int = 
                             f"crop{size}/pseudo_apex": window})
     flow.close()
     return mag_path, faces_path
+
+
+def chance_scores(samples: pd.DataFrame, task: str | None = None, draws: int = 400,
+                  seed: int = 0, aus: tuple[str, ...] = CD6ME_AUS,
+                  metric: str = "auc_mean") -> np.ndarray:
+    """Headline scores of a uniform random guesser on the labels a run of ``samples`` scores.
+
+    ``task`` None: CD6ME, the mean ROC AUC over ``aus`` (those with both classes present, as
+    ``auc_mean`` of a run) of uniform random scores, or with ``metric="f1_mean"`` the mean binary
+    F1 of those scores thresholded at 0.5; a LOSO task key (``"casme2-3"``): the UF1 of uniformly
+    drawn classes.  This is what a method whose network output were replaced by noise
+    scores; the learning tests set their bars above its upper quantiles.  Returns ``(draws,)``
+    float64.
+    """
+    from pipeline.training.metrics import binary_f1_per_au, emotion_metrics, roc_auc_per_au
+    from pipeline.training.protocols import EMOTION_TASKS, cd6me_table, emotion_table
+
+    rng = np.random.default_rng(seed)
+    if task is None:
+        y = cd6me_table(samples)[list(aus)].to_numpy(np.int64)
+        if metric == "f1_mean":
+            return np.array([binary_f1_per_au(y, (rng.random(y.shape) >= 0.5).astype(np.int64))
+                             .mean() for _ in range(draws)])
+        return np.array([np.nanmean(roc_auc_per_au(y, rng.random(y.shape)))
+                         for _ in range(draws)])
+    spec = EMOTION_TASKS[task]
+    _, y = emotion_table(samples, spec)
+    return np.array([emotion_metrics(y, rng.integers(0, spec.n_classes, len(y)))["uf1"]
+                     for _ in range(draws)])
+
+
+def add_flow_mag(feats: Path) -> Path:
+    """Write ``feats/flow_mag.h5`` from a :func:`build` ``flow.h5``: ``onset_mag`` = 1.5 × and
+    ``offset_mag`` = 0.5 × each sample's onset→apex flow (the ``flow_mag`` stage's datasets, the
+    mimicking network's input).  Returns the path."""
+    from pipeline.features.cache import FeatureCache
+
+    flow = FeatureCache(Path(feats) / "flow.h5", "flow")
+    path = Path(feats) / "flow_mag.h5"
+    with CacheWriter(path, "flow_mag", {"synthetic": True}) as w:
+        for row, sid in enumerate(flow.sample_ids):
+            f = flow.read("onset_apex", row)
+            w.append(sid, {"onset_mag": f * 1.5, "offset_mag": f * 0.5})
+    flow.close()
+    return path

@@ -2,7 +2,7 @@
 
 Wu, ... "Facial micro-expression recognition based on motion magnification network and graph
 attention mechanism", Heliyon 2024, Sec. 2.1, Eq. 1–5, Fig. 3–4
-(``/work/shared/papers/gam_mm_mer_heliyon2024.txt``; METHODS.md, "GAM-MM-MER").
+(the workplace's ``shared/papers/gam_mm_mer_heliyon2024.txt``; METHODS.md, "GAM-MM-MER").
 
 * **Encoder M_e** (Eq. 1–2), shared by the two frames: a *shallow encoder* E_S (3x3 conv → C +
   ReLU, 3x3 conv stride 2 → C, giving F(S) at H/2) and a *deep encoder* E_D (residual Swin

@@ -1,7 +1,7 @@
 """InfuseNet and the networks of its comparison tables (micro-AU detection, CD6ME).
 
 Khor, Li, Jiang, Zhao, "Infused Suppression Of Magnification Artefacts For Micro-AU Detection",
-SCIA 2025 (``/work/shared/papers/infusenet_scia2025.txt``; METHODS.md, "InfuseNet").
+SCIA 2025 (the workplace's ``shared/papers/infusenet_scia2025.txt``; METHODS.md, "InfuseNet").
 
 Two unshared backbones (Sec. 3, Fig. 2):
 
