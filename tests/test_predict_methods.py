@@ -53,7 +53,7 @@ METHODS = {
     "mimicking": {"input_size": 32, "tasks": ["composite-3"], "save_checkpoints": True},
     "gam_mm_mer": {"tasks": ["composite-3"], "crop_size": 64, "save_checkpoints": True,
                    "augment": {"alphas": []}, "model": {"patch_size": 8}},
-    "ac4au": {"sequence_size": 32},
+    "ac4au": {"sequence_size": 32, "model": {"sequence_length": 4}},
 }
 
 
@@ -221,7 +221,11 @@ def test_fold_model_through_predict_reproduces_its_predictions_row(small, runs, 
     ckpt = torch.load(root / "models" / method / f"{row['fold']}.pt", weights_only=False)
     swapped = tmp_path / method / FINAL_NAME
     swapped.parent.mkdir()
-    torch.save({**final, "state_dict": ckpt["state_dict"]}, swapped)
+    subjects = final["train_subjects"]
+    protos = ckpt["state_dict"].get("criterion.subject_loss.prototypes")
+    if protos is not None:   # AC4AU's subject loss (training only) has one row per fold subject
+        subjects = [f"subject{i}" for i in range(len(protos))]
+    torch.save({**final, "state_dict": ckpt["state_dict"], "train_subjects": subjects}, swapped)
     model = mp.load_model(method, root / "models", swapped)
     mp.check_reproducible(model)
     feats, _ = _clip_features(small, row["sample_id"], model, landmarker_model)
@@ -238,9 +242,9 @@ def test_method_all_writes_one_table_and_a_magnified_overlay(small, runs, tmp_pa
     folder = small["samples"].set_index("sample_id").loc[sid, "frame_dir"]
     bad = root / "models" / "broken"
     bad.mkdir(exist_ok=True)
-    meta = load_final(root / "models" / "infusenet" / FINAL_NAME)
-    meta["features"] = {k: v for k, v in meta["features"].items() if k != "magnified"}
-    torch.save(meta, bad / FINAL_NAME)   # infusenet's weights, but no magnified.h5 params
+    meta = load_final(root / "models" / "mimicking" / FINAL_NAME)
+    meta["features"] = {k: v for k, v in meta["features"].items() if k != "flow_mag"}
+    torch.save(meta, bad / FINAL_NAME)   # as if written before flow_mag.h5's params were kept
     out = tmp_path / "all"
     code = mp.main([str(folder), "--method", "all", "--models", str(root / "models"),
                     "--out", str(out), "--no-register", "--landmarker-model",
@@ -250,7 +254,7 @@ def test_method_all_writes_one_table_and_a_magnified_overlay(small, runs, tmp_pa
     table = pd.read_csv(out / "predictions.csv")
     assert sorted(table["method"]) == sorted([*METHODS, "broken"])
     broken = table.set_index("method").loc["broken"]
-    assert "magnified" in broken["error"] and "broken" in err
+    assert "flow_mag" in broken["error"] and "broken" in err
     ok = table[table["method"] != "broken"]
     assert ok["error"].isna().all() and (ok["interval"] == 0).all()
     for _, r in ok.iterrows():

@@ -215,6 +215,8 @@ def fit_final_model(name: str, spec: MethodSpec, params: Mapping[str, Any], samp
     if spec.needs_subjects:
         index = {s: i for i, s in enumerate(ctx.train_subjects)}
         extras["subject"] = np.array([index.get(s, -1) for s in subjects], dtype=np.int64)
+    if spec.sample_extras is not None:   # the store's positions are the table's rows here
+        extras.update({k: np.asarray(v) for k, v in spec.sample_extras(table).items()})
     with tempfile.TemporaryDirectory(dir=models_dir) as tmpdir:
         ckpt_path = Path(tmpdir) / "fit.pt"
         outcome = fit_predict(spec, ctx, store, rows, np.zeros(0, np.int64), targets, settings,
