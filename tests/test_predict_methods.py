@@ -29,6 +29,18 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from test_predict import (  # noqa: F401  (rendered: the AU12 clip fixture)
+    APEX,
+    FACES,
+    FLOW_SIZE,
+    OFFSET,
+    ONSET,
+    SIZE,
+    TVL1,
+    FlowTemplates,
+    rendered,
+    standin_au_templates,
+)
 
 from pipeline import predict as mp
 from pipeline.databases.index import IndexOptions, build_index, write_index
@@ -42,6 +54,7 @@ from pipeline.params import method_params, section
 from pipeline.standin import KEYS
 from pipeline.training.data import InputSpec, read_samples
 from pipeline.training.final import FINAL_NAME, load_final
+from pipeline.training.registry import MethodSpec, register
 from pipeline.training.run import RunPaths, run_method
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -267,3 +280,75 @@ def test_method_all_writes_one_table_and_a_magnified_overlay(small, runs, tmp_pa
     w_mag = mpimg.imread(out / "infusenet" / "overlay_0.png").shape[1]
     w_raw = mpimg.imread(out / "ac4au" / "overlay_0.png").shape[1]
     assert w_mag > w_raw
+
+
+class OnAFlowTemplates(FlowTemplates):
+    """:class:`test_predict.FlowTemplates` reading the On-A flow (onset → magnified apex)."""
+
+
+@register("on_a_templates_test")
+def _on_a_templates(name, params):
+    return MethodSpec(task="au", protocol="cd6me",
+                      inputs=(InputSpec("on_a", "flow_mag", "onset_mag", "flow", SIZE),),
+                      build_model=lambda ctx: OnAFlowTemplates(ctx.n_outputs, SIZE))
+
+
+@pytest.mark.slow
+def test_rendered_au12_on_top_through_the_magnifier(rendered, faces_dir, landmarker_model,  # noqa: F811
+                                                    tmp_path, capsys):
+    """The AU12 clip of test_predict (head drift, MJPG) through mer-predict's magnified path: a
+    constructed model whose AU logits are the AU templates' correlation with the On-A flow —
+    TV-L1 from the registered onset to Oh et al.'s magnified apex (α 6, the shipped weights) —
+    puts AU12 on top, and its overlay shows the magnified apex beside the raw one."""
+    from pipeline.assets import sha256_of
+    from pipeline.training.final import FORMAT, params_hash
+    from pipeline.training.protocols import CD6ME_AUS
+
+    magnifier = tmp_path / "models" / "magnifier"
+    magnifier.mkdir(parents=True)
+    weights = ROOT / "pipeline" / "magnification" / "weights" / "oh.pt"
+    shutil.copy(weights, magnifier / "oh.pt")
+    temps = standin_au_templates(faces_dir, landmarker_model, SIZE)
+    net = OnAFlowTemplates(len(CD6ME_AUS), SIZE)
+    net.templates.copy_(torch.from_numpy(np.stack([temps[a] for a in CD6ME_AUS])))
+    params = {"family": "on_a_templates_test", "task": "au", "protocol": "cd6me"}
+    mag = {"size": FLOW_SIZE, "latent_alpha": 10.0, "latent_kind": "difference",
+           "frames": {"oh": [6.0]}, "pseudo_apex": {"seed": 0, "max_offset": 2},
+           "magnifiers": {"oh": {"arch": "shape_only", "sha256": sha256_of(weights)}}}
+    path = tmp_path / "models" / "on_a" / FINAL_NAME
+    path.parent.mkdir()
+    torch.save({
+        "format": FORMAT, "method": "on_a", "family": params["family"], "task": "au",
+        "protocol": "cd6me", "emotion_task": None, "class_names": list(CD6ME_AUS),
+        "params": params, "params_hash": params_hash(params), "data": "constructed", "seed": 0,
+        "epoch": 0, "n_train": 0, "threshold": 0.5,
+        "inputs": [{"key": "on_a", "cache": "flow_mag", "dataset": "onset_mag", "kind": "flow",
+                    "size": SIZE}],
+        "flow_norm": "sample", "flow_quantile": 0.99,
+        "features": {"faces": FACES, "flow": {"size": FLOW_SIZE, "tvl1": TVL1, "faces": FACES},
+                     "magnified": mag,
+                     "flow_mag": {"size": FLOW_SIZE, "magnifier": "oh", "alpha": 6,
+                                  "tvl1": TVL1, "flow_size": FLOW_SIZE, "magnified": mag}},
+        "train_targets": [], "train_subjects": [], "state_dict": net.state_dict()}, path)
+    out = tmp_path / "out"
+    code = mp.main([str(rendered["video"]), "--method", "on_a", "--models",
+                    str(tmp_path / "models"), "--onset", str(ONSET), "--apex", str(APEX),
+                    "--offset", str(OFFSET), "--out", str(out), "--landmarker-model",
+                    str(landmarker_model)])
+    assert code == 0, capsys.readouterr().err
+    row = pd.read_csv(out / "predictions.csv").iloc[0]
+    p = {au: row[f"p_{au}"] for au in CD6ME_AUS}
+    assert row["top"] == "AU12" and p["AU12"] > max(v for a, v in p.items() if a != "AU12"), p
+    # the overlay has the magnified apex panel: wider than a flow method's four panels
+    import matplotlib.image as mpimg
+
+    assert mpimg.imread(out / "overlay_0.png").shape[1] > 1300
+    # another magnifier file than the one the features were computed with: one clear line
+    torch.save(torch.load(weights, weights_only=False) | {"train": {"edited": True}},
+               magnifier / "oh.pt")
+    code = mp.main([str(rendered["video"]), "--method", "on_a", "--models",
+                    str(tmp_path / "models"), "--onset", str(ONSET), "--apex", str(APEX),
+                    "--offset", str(OFFSET), "--out", str(tmp_path / "out2"),
+                    "--landmarker-model", str(landmarker_model)])
+    err = capsys.readouterr().err
+    assert code == 2 and "SHA-256" in err and "oh.pt" in err
