@@ -1,7 +1,9 @@
-"""``mer-predict``: run a trained method on your own clip (a video file or a folder of frames).
+"""``mer-predict``: run trained methods on your own clip (a video file or a folder of frames).
 
     mer-predict CLIP --method sssnet [--onset N --apex N --offset N | --interval O:A:F …]
                      [--window W] [--models models] [--out DIR] [--no-register]
+    mer-predict CLIP --method all            # every models/<method>/final.pt, one table
+    mer-predict CLIP --method infusenet,mimicking,gam_mm_mer
     python -m pipeline.predict …
 
 For each analysed interval (onset, apex, offset frame numbers):
@@ -30,19 +32,32 @@ For each analysed interval (onset, apex, offset frame numbers):
    consecutive windows of ``--window`` frames (default: the whole clip as one window; a last
    window shorter than 2 frames joins the previous one) and each window is one interval whose
    onset is its first frame with a face.
-4. The crops and inputs exactly as the ``faces``/``flow`` stages and the trainer make them
-   (:func:`pipeline.features.faces.face_box`, :func:`pipeline.features.faces.plan_frames`,
-   :func:`pipeline.features.align.warp_crops`, :func:`pipeline.features.flow.compute_pairs`,
-   :func:`pipeline.training.data.prepare_input`) with the parameters stored in the model file,
-   then the model's AU probabilities (sigmoid) or class probabilities (softmax).
+4. The inputs exactly as the feature stages and the trainer make them, with the parameters
+   stored in the model file (:class:`ClipFeatures`): the crops and sequences
+   (:func:`pipeline.features.faces.plan_frames`, :func:`pipeline.features.align.warp_crops`), the
+   TV-L1 flows (:func:`pipeline.features.flow.compute_pairs`), the magnified latents and decoded
+   magnified apex frames (:func:`pipeline.magnification.magnify.magnify_batch`, with the magnifiers
+   of ``models/magnifier`` whose SHA-256 must be the ones the model's ``magnified.h5`` recorded),
+   the dlib landmarks on the apex crop and the magnified apex
+   (:func:`pipeline.features.patches.sample_patches`), the On-A / Off-A flows to the magnified apex
+   (:func:`pipeline.features.flow_mag.magnified_pairs`) and the model input
+   (:func:`pipeline.training.data.prepare_input`); then the model's AU probabilities (sigmoid) or
+   class probabilities (softmax).  The pseudo-apex offset k is drawn as the ``magnify`` stage
+   draws it per sample, from ``magnify.pseudo_apex.seed`` and an id: ``--sample-id`` (a
+   ``samples.csv`` id reproduces that sample's draw), else ``clip/<clip name>/<onset frame>``.
 
-Outputs in ``--out`` (default ``predictions/<clip name>/<method>/``): ``predictions.csv`` (one
-row per interval: frames used, head motion, ``p_<AU or class>``), ``predictions.json`` (the same
-plus the model's identity and per-frame head motion), ``head_motion.png`` and
-``overlay_<k>.png`` per interval (onset crop, registered apex crop, flow, top AUs / classes).
+Outputs in ``--out`` (default ``predictions/<clip name>/<method>/``; with several methods
+``predictions/<clip name>/`` holding ``predictions.csv``, one row per method and interval, and a
+folder per method): ``predictions.csv`` (one row per interval: frames used, head motion,
+``p_<AU or class>``), ``predictions.json`` (the same plus the model's identity, the pseudo-apex
+draw and per-frame head motion), ``head_motion.png`` and ``overlay_<k>.png`` per interval (onset
+crop, registered apex crop, for methods reading magnified.h5 the magnified apex beside it, flow,
+top AUs / classes).  A method whose inputs cannot be reproduced from the clip (a cache the file
+has no parameters for, magnifier weights of another hash) gets one error line and an ``error``
+cell in the table; the others still run.
 
 Models: ``models/<method>/final.pt`` (:mod:`pipeline.training.final`), written by
-``train@<method>``.  Methods reading ``magnified.h5`` or ``patches.h5`` are not supported here.
+``train@<method>`` for every learned method and constant predictor.  User guide: docs/predict.md.
 A model trained on the stand-in benchmark has only seen simulated micro-expressions on photos:
 its output on a real face says nothing about the expression.
 """
@@ -66,8 +81,8 @@ from tqdm import tqdm
 
 log = logging.getLogger("predict")
 
-__all__ = ["Clip", "Interval", "PredictError", "main", "open_clip", "predict_clip",
-           "spot_interval"]
+__all__ = ["Clip", "ClipFeatures", "Interval", "PredictError", "check_reproducible", "main",
+           "open_clip", "predict_clip", "resolve_methods", "spot_interval"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 #: Fewest frames an interval may have (onset and at least one later frame).
@@ -459,7 +474,7 @@ def load_model(method: str, models_dir: str | os.PathLike,
     FileNotFoundError
         No final model (naming the stage that writes it).
     PredictError
-        A method whose inputs mer-predict cannot compute, or weights that do not fit.
+        A method reading a cache mer-predict does not compute, or weights that do not fit.
     """
     import torch
 
@@ -546,6 +561,9 @@ def feature_params(model: LoadedModel) -> dict[str, dict[str, Any]]:
 def check_reproducible(model: LoadedModel) -> None:
     """Check that mer-predict can compute every input of ``model`` from a clip.
 
+    A model file without faces parameters (older files, or models fitted on synthetic caches)
+    is run with :class:`pipeline.features.faces.FacesConfig`'s defaults, with a warning.
+
     Raises
     ------
     PredictError
@@ -564,14 +582,14 @@ def check_reproducible(model: LoadedModel) -> None:
                            f"from a clip (it computes {list(PREDICTABLE_CACHES)})")
     stored = model.meta.get("features") or {}
     feats = feature_params(model)
-    absent = sorted(c for c in caches if c not in stored and not (c == "faces" and feats["faces"]))
+    absent = sorted(c for c in caches if c not in stored and c != "faces")
     if absent:
         raise PredictError(f"{model.name}: the model file lacks the parameters of {absent} "
                            f"(written before they were stored); re-run `dvc repro "
                            f"train@{model.name}` to reproduce its features from a clip")
     if not feats["faces"]:
-        raise PredictError(f"{model.name}: the model file lacks the faces parameters (crop "
-                           f"geometry, detector); re-run `dvc repro train@{model.name}`")
+        log.warning("%s: the model file stores no faces parameters; the crops use the defaults "
+                    "of pipeline.features.faces.FacesConfig", model.name)
     sizes = set(model.faces_config().sizes)
     need = {"magnified": "size", "patches": "size", "flow_mag": "flow_size"}
     for cache, key in need.items():
@@ -1161,9 +1179,23 @@ def main(argv: list[str] | None = None) -> int:
     summary = []
     failed = 0
     stand_in = False
+    models: dict[str, LoadedModel | Exception] = {}
     for method in methods:
         try:
-            model = load_model(method, args.models, args.model)
+            models[method] = load_model(method, args.models, args.model)
+        except errors as exc:
+            models[method] = exc
+    # a constant predictor reads no features: its interval is analysed with the crops and flow
+    # of the first learned model of the call (the same landmark pass), for its overlay
+    shared = next((m.meta["features"] for m in models.values() if isinstance(m, LoadedModel)
+                   and m.net is not None and "faces" in (m.meta.get("features") or {})), None)
+    for method in methods:
+        try:
+            model = models[method]
+            if isinstance(model, Exception):
+                raise model
+            if model.net is None and shared and not model.meta.get("features"):
+                model.meta["features"] = {k: shared[k] for k in ("faces", "flow") if k in shared}
             records = predict_clip(clip, intervals, model, out / method if several else out,
                                    register=not args.no_register,
                                    model_path=args.landmarker_model, features=features)
