@@ -352,3 +352,15 @@ def test_rendered_au12_on_top_through_the_magnifier(rendered, faces_dir, landmar
                     "--landmarker-model", str(landmarker_model)])
     err = capsys.readouterr().err
     assert code == 2 and "SHA-256" in err and "oh.pt" in err
+
+
+def test_method_lists_and_all(tmp_path):
+    for name in ("sssnet", "infusenet", "constant_positive"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / FINAL_NAME).write_bytes(b"")
+    (tmp_path / "magnifier").mkdir()                    # no final.pt: not a method
+    assert mp.resolve_methods(["all"], tmp_path) == ["constant_positive", "infusenet", "sssnet"]
+    assert mp.resolve_methods(["infusenet,sssnet", "sssnet", "mimicking"], tmp_path) == [
+        "infusenet", "sssnet", "mimicking"]
+    with pytest.raises(mp.PredictError, match="no final model"):
+        mp.resolve_methods(["all"], tmp_path / "magnifier")
