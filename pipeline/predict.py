@@ -1,7 +1,9 @@
-"""``mer-predict``: run a trained method on your own clip (a video file or a folder of frames).
+"""``mer-predict``: run trained methods on your own clip (a video file or a folder of frames).
 
     mer-predict CLIP --method sssnet [--onset N --apex N --offset N | --interval O:A:F …]
                      [--window W] [--models models] [--out DIR] [--no-register]
+    mer-predict CLIP --method all            # every models/<method>/final.pt, one table
+    mer-predict CLIP --method infusenet,mimicking,gam_mm_mer
     python -m pipeline.predict …
 
 For each analysed interval (onset, apex, offset frame numbers):
@@ -30,19 +32,32 @@ For each analysed interval (onset, apex, offset frame numbers):
    consecutive windows of ``--window`` frames (default: the whole clip as one window; a last
    window shorter than 2 frames joins the previous one) and each window is one interval whose
    onset is its first frame with a face.
-4. The crops and inputs exactly as the ``faces``/``flow`` stages and the trainer make them
-   (:func:`pipeline.features.faces.face_box`, :func:`pipeline.features.faces.plan_frames`,
-   :func:`pipeline.features.align.warp_crops`, :func:`pipeline.features.flow.compute_pairs`,
-   :func:`pipeline.training.data.prepare_input`) with the parameters stored in the model file,
-   then the model's AU probabilities (sigmoid) or class probabilities (softmax).
+4. The inputs exactly as the feature stages and the trainer make them, with the parameters
+   stored in the model file (:class:`ClipFeatures`): the crops and sequences
+   (:func:`pipeline.features.faces.plan_frames`, :func:`pipeline.features.align.warp_crops`), the
+   TV-L1 flows (:func:`pipeline.features.flow.compute_pairs`), the magnified latents and decoded
+   magnified apex frames (:func:`pipeline.magnification.magnify.magnify_batch`, with the magnifiers
+   of ``models/magnifier`` whose SHA-256 must be the ones the model's ``magnified.h5`` recorded),
+   the dlib landmarks on the apex crop and the magnified apex
+   (:func:`pipeline.features.patches.sample_patches`), the On-A / Off-A flows to the magnified apex
+   (:func:`pipeline.features.flow_mag.magnified_pairs`) and the model input
+   (:func:`pipeline.training.data.prepare_input`); then the model's AU probabilities (sigmoid) or
+   class probabilities (softmax).  The pseudo-apex offset k is drawn as the ``magnify`` stage
+   draws it per sample, from ``magnify.pseudo_apex.seed`` and an id: ``--sample-id`` (a
+   ``samples.csv`` id reproduces that sample's draw), else ``clip/<clip name>/<onset frame>``.
 
-Outputs in ``--out`` (default ``predictions/<clip name>/<method>/``): ``predictions.csv`` (one
-row per interval: frames used, head motion, ``p_<AU or class>``), ``predictions.json`` (the same
-plus the model's identity and per-frame head motion), ``head_motion.png`` and
-``overlay_<k>.png`` per interval (onset crop, registered apex crop, flow, top AUs / classes).
+Outputs in ``--out`` (default ``predictions/<clip name>/<method>/``; with several methods
+``predictions/<clip name>/`` holding ``predictions.csv``, one row per method and interval, and a
+folder per method): ``predictions.csv`` (one row per interval: frames used, head motion,
+``p_<AU or class>``), ``predictions.json`` (the same plus the model's identity, the pseudo-apex
+draw and per-frame head motion), ``head_motion.png`` and ``overlay_<k>.png`` per interval (onset
+crop, registered apex crop, for methods reading magnified.h5 the magnified apex beside it, flow,
+top AUs / classes).  A method whose inputs cannot be reproduced from the clip (a cache the file
+has no parameters for, magnifier weights of another hash) gets one error line and an ``error``
+cell in the table; the others still run.
 
 Models: ``models/<method>/final.pt`` (:mod:`pipeline.training.final`), written by
-``train@<method>``.  Methods reading ``magnified.h5`` or ``patches.h5`` are not supported here.
+``train@<method>`` for every learned method and constant predictor.  User guide: docs/predict.md.
 A model trained on the stand-in benchmark has only seen simulated micro-expressions on photos:
 its output on a real face says nothing about the expression.
 """
@@ -66,8 +81,8 @@ from tqdm import tqdm
 
 log = logging.getLogger("predict")
 
-__all__ = ["Clip", "Interval", "PredictError", "main", "open_clip", "predict_clip",
-           "spot_interval"]
+__all__ = ["Clip", "ClipFeatures", "Interval", "PredictError", "check_reproducible", "main",
+           "open_clip", "predict_clip", "resolve_methods", "spot_interval"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 #: Fewest frames an interval may have (onset and at least one later frame).
@@ -459,7 +474,7 @@ def load_model(method: str, models_dir: str | os.PathLike,
     FileNotFoundError
         No final model (naming the stage that writes it).
     PredictError
-        A method whose inputs mer-predict cannot compute, or weights that do not fit.
+        A method reading a cache mer-predict does not compute, or weights that do not fit.
     """
     import torch
 
@@ -525,79 +540,291 @@ def run_model(model: LoadedModel, features: Mapping[str, Mapping[str, np.ndarray
 # Features of one interval
 
 
-def needed_datasets(model: LoadedModel) -> dict[str, set[str]]:
-    """Cache → dataset names the model reads (plus the onset→apex flow for the overlay)."""
-    need: dict[str, set[str]] = {"faces": set(), "flow": {"onset_apex"}}
-    for i in model.spec.inputs:
-        need.setdefault(i.cache, set()).add(i.dataset)
-    return need
+def feature_params(model: LoadedModel) -> dict[str, dict[str, Any]]:
+    """Cache name → the parameters the model's feature caches were computed with (the
+    ``features`` of ``final.pt``), completed the way older model files allow.
+
+    ``faces``: stored, else the copy inside ``flow``'s params; ``flow``: stored, else the flow
+    size of ``magnified`` (its crops are at the flow size) with the default TV-L1 arguments of
+    ``params.yaml`` for the overlay only.
+    """
+    feats = {k: dict(v) for k, v in (model.meta.get("features") or {}).items()}
+    if "faces" not in feats:
+        feats["faces"] = model.faces_params()
+    if "flow" not in feats:
+        size = (feats.get("magnified") or {}).get("size") or (
+            feats.get("flow_mag") or {}).get("flow_size")
+        feats["flow"] = {"size": int(size)} if size else {}
+    return feats
 
 
-def interval_features(clip: Clip, iv: Interval, analysis: Analysis, model: LoadedModel,
-                      register: bool) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any]]:
-    """The faces.h5- and flow.h5-like arrays of one interval, and the frames used.
+def check_reproducible(model: LoadedModel) -> None:
+    """Check that mer-predict can compute every input of ``model`` from a clip.
+
+    A model file without faces parameters (older files, or models fitted on synthetic caches)
+    is run with :class:`pipeline.features.faces.FacesConfig`'s defaults, with a warning.
 
     Raises
     ------
     PredictError
-        Degenerate landmarks on the onset, or a flow that is not finite.
+        In one line, naming the method and what cannot be reproduced: a cache mer-predict does
+        not compute, a cache whose parameters the model file lacks, or a crop size the model's
+        faces parameters do not produce.
     """
-    from pipeline.features.align import warp_crops
-    from pipeline.features.faces import plan_frames
-    from pipeline.features.flow import PAIRS, check_tvl1, compute_pairs, grey
-    from pipeline.features.stage import SampleFailure
+    from pipeline.training.final import PREDICTABLE_CACHES
 
-    cfg = model.faces_config()
-    flow_params = (model.meta.get("features") or {}).get("flow") or {}
-    flow_size = int(flow_params.get("size", max(cfg.sizes)))
-    tvl1 = check_tvl1(flow_params.get("tvl1") or {})
-    need = needed_datasets(model)
-    positions = list(range(iv.onset, iv.offset + 1))
-    numbers = tuple(clip.numbers[p] for p in positions)
-    plan = plan_frames(numbers, clip.numbers[iv.apex], cfg.pseudo_apex_window, cfg.sequence_length)
-    box = analysis.box
-    sizes = {flow_size}
-    seq_size = None
-    for name in need["faces"]:
-        head = name.split("/")[0]
-        if head.startswith("crop"):
-            sizes.add(int(head[4:]))
-        elif head.startswith("seq"):
-            seq_size = int(head[3:])
-    wanted = {plan.onset, plan.apex, plan.offset, *plan.pseudo_apex}
-    if seq_size is not None:
-        wanted |= set(plan.sequence)
-    crops: dict[int, dict[int, np.ndarray]] = {}
-    all_sizes = sorted(sizes | ({seq_size} if seq_size else set()))
-    unregistered = []
-    for pos, image in clip.read([positions[k] for k in sorted(wanted)], desc="crops"):
-        reg = analysis.motion.get(pos)
-        pre = reg.matrix if (register and reg is not None) else None
-        if register and reg is None:
-            unregistered.append(clip.numbers[pos])
-        crops[pos - iv.onset] = warp_crops(image, box, all_sizes, pre=pre)
-    faces: dict[str, np.ndarray] = {}
-    for s in sorted(sizes):
-        faces[f"crop{s}/onset"] = crops[plan.onset][s]
-        faces[f"crop{s}/apex"] = crops[plan.apex][s]
-        faces[f"crop{s}/offset"] = crops[plan.offset][s]
-        faces[f"crop{s}/pseudo_apex"] = np.stack([crops[p][s] for p in plan.pseudo_apex])
-    if seq_size is not None:
+    if model.net is None:
+        return
+    caches = {i.cache for i in model.spec.inputs}
+    other = sorted(caches - set(PREDICTABLE_CACHES))
+    if other:
+        raise PredictError(f"{model.name}: reads {other}, which mer-predict does not compute "
+                           f"from a clip (it computes {list(PREDICTABLE_CACHES)})")
+    stored = model.meta.get("features") or {}
+    feats = feature_params(model)
+    absent = sorted(c for c in caches if c not in stored and c != "faces")
+    if absent:
+        raise PredictError(f"{model.name}: the model file lacks the parameters of {absent} "
+                           f"(written before they were stored); re-run `dvc repro "
+                           f"train@{model.name}` to reproduce its features from a clip")
+    if not feats["faces"]:
+        log.warning("%s: the model file stores no faces parameters; the crops use the defaults "
+                    "of pipeline.features.faces.FacesConfig", model.name)
+    sizes = set(model.faces_config().sizes)
+    need = {"magnified": "size", "patches": "size", "flow_mag": "flow_size"}
+    for cache, key in need.items():
+        if cache in feats and int(feats[cache].get(key, 0)) not in sizes:
+            raise PredictError(f"{model.name}: {cache}.h5 was computed on {key} "
+                               f"{feats[cache].get(key)} px crops, which its faces parameters "
+                               f"(sizes {sorted(sizes)}) do not produce")
+
+
+def _key(*parts: Any) -> str:
+    return json.dumps(parts, sort_keys=True, default=str)
+
+
+@dataclass
+class ClipFeatures:
+    """The feature-cache arrays of a clip's intervals, computed once and shared by every method
+    whose features were computed with the same parameters.
+
+    Each cache is computed with the function its stage uses, on the crops of the interval:
+    ``faces`` (:func:`pipeline.features.faces.plan_frames`,
+    :func:`pipeline.features.align.warp_crops`), ``flow``
+    (:func:`pipeline.features.flow.compute_pairs`), ``magnified``
+    (:func:`pipeline.magnification.magnify.magnify_batch` with the magnifiers of
+    ``magnifier_dir`` whose SHA-256 the model's ``magnified`` params name), ``patches``
+    (:func:`pipeline.features.patches.sample_patches`) and ``flow_mag``
+    (:func:`pipeline.features.flow_mag.magnified_pairs`).
+
+    Attributes
+    ----------
+    clip : Clip
+    register : bool
+    magnifier_dir : Path
+        ``models/magnifier``.
+    sample_id : str or None
+        The id the pseudo-apex offset is drawn for (``--sample-id``; None: ``clip/<clip
+        name>/<onset frame>``).
+    """
+
+    clip: Clip
+    register: bool
+    magnifier_dir: Path
+    sample_id: str | None = None
+    memo: dict[str, Any] = field(default_factory=dict)
+
+    def pseudo_apex_id(self, iv: Interval) -> str:
+        """The sample id of the pseudo-apex draw of ``iv`` (class docstring)."""
+        if self.sample_id:
+            return self.sample_id
+        return f"clip/{Path(self.clip.source).stem}/{self.clip.numbers[iv.onset]}"
+
+    def analysed(self, k: int, iv: Interval, cfg: Any, lm_path: str | None
+                 ) -> tuple[Interval, Analysis]:
+        """Interval ``k`` after landmarks, registration and spotting with faces config ``cfg``
+        (a spotted copy of ``iv``; the same for every model of that config)."""
+        import copy
+
+        key = _key("analysis", k, cfg.__dict__ if hasattr(cfg, "__dict__") else repr(cfg),
+                   self.register)
+        if key not in self.memo:
+            mine = copy.deepcopy(iv)
+            analysis = analyse_interval(self.clip, mine, cfg, lm_path, self.register)
+            n_face = sum(v is not None for v in analysis.landmarks.values())
+            log.info("interval %d: %s found a face in %d of %d frames", k, cfg.detector, n_face,
+                     len(analysis.landmarks))
+            spot_interval(mine, analysis)
+            self.memo[key] = (mine, analysis)
+        return self.memo[key]
+
+    def compute(self, k: int, iv: Interval, analysis: Analysis, model: LoadedModel
+                ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any]]:
+        """The arrays of every cache the model reads (plus ``faces`` and ``flow`` for the
+        overlay), named as in the caches, and the frames used.
+
+        Raises
+        ------
+        PredictError
+            Features that cannot be computed (a non-finite flow, missing or other magnifier
+            weights).
+        """
+        feats = feature_params(model)
+        faces, used = self._faces(k, iv, analysis, model)
+        out = {"faces": faces, "flow": self._flow(k, faces, used, feats["flow"], model)}
+        caches = {i.cache for i in model.spec.inputs} if model.spec is not None else set()
+        if caches & {"magnified", "patches", "flow_mag"}:
+            mparams = feats.get("magnified") or (feats.get("patches") or {}).get(
+                "magnified_params") or (feats.get("flow_mag") or {}).get("magnified")
+            if not mparams:
+                raise PredictError(f"{model.name}: the model file lacks the magnified.h5 "
+                                   f"parameters its inputs were computed from")
+            out["magnified"] = self._magnified(k, iv, faces, used, mparams, model.name)
+        if "patches" in caches:
+            out["patches"] = self._patches(k, faces, out["magnified"], feats["patches"])
+        if "flow_mag" in caches:
+            out["flow_mag"] = self._flow_mag(k, faces, out["magnified"], feats["flow_mag"])
+        return out, used
+
+    def _faces(self, k: int, iv: Interval, analysis: Analysis, model: LoadedModel
+               ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        from pipeline.features.align import warp_crops
+        from pipeline.features.faces import plan_frames
+
+        cfg = model.faces_config()
+        feats = feature_params(model)
+        sizes = set(cfg.sizes)
+        for cache, key in (("flow", "size"), ("magnified", "size"), ("patches", "size"),
+                           ("flow_mag", "flow_size")):
+            if (feats.get(cache) or {}).get(key):
+                sizes.add(int(feats[cache][key]))
+        sizes.add(int(feats["flow"].get("size", max(cfg.sizes))))
+        key = _key("faces", k, iv.onset, iv.apex, iv.offset, cfg.__dict__, sorted(sizes))
+        if key in self.memo:
+            return self.memo[key]
+        clip = self.clip
+        positions = list(range(iv.onset, iv.offset + 1))
+        numbers = tuple(clip.numbers[p] for p in positions)
+        plan = plan_frames(numbers, clip.numbers[iv.apex], cfg.pseudo_apex_window,
+                           cfg.sequence_length)
+        seq_size = int(cfg.sequence_size)
+        wanted = {plan.onset, plan.apex, plan.offset, *plan.pseudo_apex, *plan.sequence}
+        crops: dict[int, dict[int, np.ndarray]] = {}
+        unregistered = []
+        for pos, image in clip.read([positions[j] for j in sorted(wanted)], desc="crops"):
+            reg = analysis.motion.get(pos)
+            pre = reg.matrix if (self.register and reg is not None) else None
+            if self.register and reg is None:
+                unregistered.append(clip.numbers[pos])
+            crops[pos - iv.onset] = warp_crops(image, analysis.box, sorted(sizes | {seq_size}),
+                                               pre=pre)
+        faces: dict[str, np.ndarray] = {}
+        for s in sorted(sizes):
+            faces[f"crop{s}/onset"] = crops[plan.onset][s]
+            faces[f"crop{s}/apex"] = crops[plan.apex][s]
+            faces[f"crop{s}/offset"] = crops[plan.offset][s]
+            faces[f"crop{s}/pseudo_apex"] = np.stack([crops[p][s] for p in plan.pseudo_apex])
         faces[f"seq{seq_size}/frames"] = np.stack([crops[p][seq_size] for p in plan.sequence])
-    pairs = tuple(sorted(n for n in need["flow"] if n in PAIRS))
-    frames_grey = {n: grey(faces[f"crop{flow_size}/{n}"]) for n in
-                   {f for p in pairs for f in PAIRS[p]}}
-    try:
-        flows, _ = compute_pairs(frames_grey, pairs, tvl1)
-    except SampleFailure as exc:
-        raise PredictError(str(exc)) from exc
-    used = {"onset": numbers[plan.onset], "apex": numbers[plan.apex],
-            "offset": numbers[plan.offset],
-            "pseudo_apex": [numbers[p] for p in plan.pseudo_apex],
-            "sequence": [numbers[p] for p in plan.sequence] if seq_size else [],
-            "crop_box": [round(float(v), 3) for v in box.as_array()], "flow_size": flow_size,
-            "unregistered": unregistered}
-    return {"faces": faces, "flow": flows}, used
+        used = {"onset": numbers[plan.onset], "apex": numbers[plan.apex],
+                "offset": numbers[plan.offset],
+                "pseudo_apex": [numbers[p] for p in plan.pseudo_apex],
+                "sequence": [numbers[p] for p in plan.sequence],
+                "crop_box": [round(float(v), 3) for v in analysis.box.as_array()],
+                "flow_size": int(feats["flow"].get("size", max(cfg.sizes))),
+                "unregistered": unregistered}
+        self.memo[key] = (faces, used)
+        return faces, used
+
+    def _flow(self, k: int, faces: Mapping[str, np.ndarray], used: dict[str, Any],
+              params: Mapping[str, Any], model: LoadedModel) -> dict[str, np.ndarray]:
+        from pipeline.features.flow import PAIRS, check_tvl1, compute_pairs, grey
+        from pipeline.features.stage import SampleFailure
+
+        size = int(params.get("size", used["flow_size"]))
+        tvl1 = check_tvl1(params.get("tvl1") or {})
+        wanted = {"onset_apex", *(params.get("pairs") or ())}
+        wanted |= {i.dataset for i in model.spec.inputs if i.cache == "flow"} if model.spec else set()
+        pairs = tuple(sorted(n for n in wanted if n in PAIRS))
+        key = _key("flow", k, id(faces), size, tvl1, pairs)
+        if key not in self.memo:
+            frames = {n: grey(faces[f"crop{size}/{n}"]) for n in
+                      {f for p in pairs for f in PAIRS[p]}}
+            try:
+                self.memo[key], _ = compute_pairs(frames, pairs, tvl1)
+            except SampleFailure as exc:
+                raise PredictError(str(exc)) from exc
+        return self.memo[key]
+
+    def _magnified(self, k: int, iv: Interval, faces: Mapping[str, np.ndarray],
+                   used: dict[str, Any], params: Mapping[str, Any], method: str
+                   ) -> dict[str, np.ndarray]:
+        import torch
+
+        from pipeline.magnification.magnify import MagnifyPlan, load_magnifiers, magnify_batch
+
+        key = _key("magnified", k, id(faces), params)
+        if key in self.memo:
+            return self.memo[key]
+        size = int(params["size"])
+        kinds = ["oh"] + (["stmemm"] if (params.get("frames") or {}).get("stmemm") else [])
+        mkey = _key("magnifiers", kinds, params.get("magnifiers"))
+        if mkey not in self.memo:
+            try:
+                self.memo[mkey] = load_magnifiers(self.magnifier_dir, kinds, torch.device("cpu"),
+                                                  expected=params.get("magnifiers"))[0]
+            except (FileNotFoundError, ValueError) as exc:
+                raise PredictError(f"{method}: {exc}") from exc
+        magnifiers = self.memo[mkey]
+        window = faces[f"crop{size}/pseudo_apex"]
+        plan = MagnifyPlan.from_config(params, len(window), magnifiers)
+        offsets, _ = plan.offsets([self.pseudo_apex_id(iv)], len(window))
+        out = magnify_batch(magnifiers, plan, faces[f"crop{size}/onset"][None],
+                            faces[f"crop{size}/apex"][None], window[None], offsets,
+                            torch.device("cpu"))
+        arrays = {name: arr[0] for name, arr in out.items()}
+        arrays["pseudo_apex_frame"] = np.int32(used["pseudo_apex"][int(offsets[0])])
+        self.memo[key] = arrays
+        return arrays
+
+    def _patches(self, k: int, faces: Mapping[str, np.ndarray],
+                 magnified: Mapping[str, np.ndarray], params: Mapping[str, Any]
+                 ) -> dict[str, np.ndarray]:
+        from pipeline.features.patches import magnified_groups, sample_patches
+
+        key = _key("patches", k, id(faces), id(magnified), params)
+        if key not in self.memo:
+            groups = magnified_groups(params.get("magnified"))
+            absent = sorted(d for d in groups.values() if d not in magnified)
+            if absent:
+                raise PredictError(f"patches.h5 needs {absent}, which its magnified.h5 "
+                                   f"parameters do not produce")
+            self.memo[key], _ = sample_patches(
+                faces[f"crop{int(params['size'])}/apex"], {g: magnified[d] for g, d in groups.items()},
+                int(params["patch_size"]), tuple(float(v) for v in params["fallback_box"]))
+        return self.memo[key]
+
+    def _flow_mag(self, k: int, faces: Mapping[str, np.ndarray],
+                  magnified: Mapping[str, np.ndarray], params: Mapping[str, Any]
+                  ) -> dict[str, np.ndarray]:
+        from pipeline.features.flow import check_tvl1, grey
+        from pipeline.features.flow_mag import apex_dataset, magnified_pairs
+        from pipeline.features.stage import SampleFailure
+
+        key = _key("flow_mag", k, id(faces), id(magnified), params)
+        if key not in self.memo:
+            crop = int(params["flow_size"])
+            dataset = apex_dataset(params)
+            if dataset not in magnified:
+                raise PredictError(f"flow_mag.h5 needs {dataset}, which its magnified.h5 "
+                                   f"parameters do not produce")
+            try:
+                self.memo[key] = magnified_pairs(
+                    grey(faces[f"crop{crop}/onset"]), grey(faces[f"crop{crop}/offset"]),
+                    grey(magnified[dataset]), int(params["size"]),
+                    check_tvl1(params.get("tvl1") or {}))
+            except SampleFailure as exc:
+                raise PredictError(str(exc)) from exc
+        return self.memo[key]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -616,9 +843,46 @@ def _flow_rgb(flow: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
 
 
+def magnified_panel(model: LoadedModel, features: Mapping[str, Mapping[str, np.ndarray]]
+                    ) -> tuple[np.ndarray, str] | None:
+    """The magnified apex shown beside the raw one for a method that reads ``magnified.h5``
+    (directly or through ``patches``/``flow_mag``): the decoded frame the method reads, else Oh
+    et al.'s at the latent's α, else the first decoded frame; None for other methods."""
+    mag = features.get("magnified")
+    if not mag:
+        return None
+    frames = sorted(n for n in mag if n.startswith("frames/"))
+    read = []
+    for i in model.spec.inputs:
+        if i.cache == "magnified":
+            read.append(i.dataset)
+        elif i.cache == "patches" and i.dataset.startswith("magnified/"):
+            read.append("frames/" + i.dataset.removeprefix("magnified/").rsplit("/", 1)[0]
+                        + "/apex")
+        elif i.cache == "flow_mag":
+            read.append(_flow_mag_dataset(model))
+    read = [d for d in read if d in frames]
+    alpha = (model.meta.get("features") or {}).get("magnified", {}).get("latent_alpha")
+    latent = f"frames/oh/alpha{int(alpha) if alpha and float(alpha).is_integer() else alpha}/apex"
+    pick = read[0] if read else (latent if latent in frames else (frames[0] if frames else None))
+    if pick is None:
+        return None
+    _, kind, tag, _ = pick.split("/")
+    return mag[pick], f"magnified apex ({kind} α={tag.removeprefix('alpha')})"
+
+
+def _flow_mag_dataset(model: LoadedModel) -> str | None:
+    from pipeline.features.flow_mag import apex_dataset
+
+    params = (model.meta.get("features") or {}).get("flow_mag")
+    return apex_dataset(params) if params else None
+
+
 def overlay_figure(path: Path, features: Mapping[str, Mapping[str, np.ndarray]], used: dict,
-                   probs: np.ndarray, names: Sequence[str], title: str, top: int = 5) -> None:
-    """Onset crop, registered apex crop, onset→apex flow over the apex, top probabilities."""
+                   probs: np.ndarray, names: Sequence[str], title: str, top: int = 5,
+                   magnified: tuple[np.ndarray, str] | None = None) -> None:
+    """Onset crop, registered apex crop, (for magnified methods) the magnified apex beside it,
+    onset→apex flow over the apex, top probabilities."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -631,18 +895,22 @@ def overlay_figure(path: Path, features: Mapping[str, Mapping[str, np.ndarray]],
     apex = features["faces"][f"crop{s}/apex"]
     flow = features["flow"]["onset_apex"]
     blend = (0.5 * apex.astype(np.float32) + 0.5 * _flow_rgb(flow)).astype(np.uint8)
-    fig, axes = plt.subplots(1, 4, figsize=(13, 3.4), gridspec_kw={"width_ratios": [1, 1, 1, 1.3]})
-    for ax, img, t in zip(axes[:3], (onset, apex, blend),
-                          (f"onset {used['onset']}", f"apex {used['apex']} (registered)",
-                           "flow onset→apex (hue: direction)"), strict=True):
+    panels = [(onset, f"onset {used['onset']}"), (apex, f"apex {used['apex']} (registered)")]
+    if magnified is not None:
+        panels.append(magnified)
+    panels.append((blend, "flow onset→apex (hue: direction)"))
+    n = len(panels)
+    fig, axes = plt.subplots(1, n + 1, figsize=(3.2 * n + 4.2, 3.4),
+                             gridspec_kw={"width_ratios": [1] * n + [1.3]})
+    for ax, (img, t) in zip(axes[:n], panels, strict=True):
         ax.imshow(img)
         ax.set_title(t, fontsize=9)
         ax.axis("off")
     order = np.argsort(-probs)[:top]
-    axes[3].barh([names[i] for i in order][::-1], probs[order][::-1], color="tab:orange")
-    axes[3].set_xlim(0, 1)
-    axes[3].set_xlabel("probability")
-    axes[3].set_title(f"top {len(order)}", fontsize=9)
+    axes[n].barh([names[i] for i in order][::-1], probs[order][::-1], color="tab:orange")
+    axes[n].set_xlim(0, 1)
+    axes[n].set_xlabel("probability")
+    axes[n].set_title(f"top {len(order)}", fontsize=9)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
@@ -693,8 +961,23 @@ def head_motion_figure(path: Path, clip: Clip, rows: Sequence[dict], title: str)
 
 
 def predict_clip(clip: Clip, intervals: list[Interval], model: LoadedModel, out_dir: Path,
-                 register: bool = True, model_path: str | None = None) -> list[dict[str, Any]]:
+                 register: bool = True, model_path: str | None = None,
+                 features: ClipFeatures | None = None) -> list[dict[str, Any]]:
     """Analyse every interval of ``clip`` with ``model`` and write the outputs (module docstring).
+
+    Parameters
+    ----------
+    clip : Clip
+    intervals : list of Interval
+        Not modified (each model gets spotted copies).
+    model : LoadedModel
+    out_dir : Path
+    register : bool
+    model_path : str, optional
+        MediaPipe bundle.
+    features : ClipFeatures, optional
+        Shared between the methods of one call (``--method all``); default: a new one with
+        ``models/magnifier``.
 
     Returns
     -------
@@ -704,26 +987,30 @@ def predict_clip(clip: Clip, intervals: list[Interval], model: LoadedModel, out_
     Raises
     ------
     PredictError
-        No face, too short an interval, unusable landmarks.
+        No face, too short an interval, unusable landmarks, features that cannot be reproduced.
     """
     from pipeline import assets
     from pipeline.io import atomic_path, write_json
     from pipeline.params import env_or
 
+    check_reproducible(model)
+    if features is None:
+        features = ClipFeatures(clip, register, Path("models") / "magnifier")
     cfg = model.faces_config()
     local = env_or(model_path or cfg.landmarker_model, "MER_LANDMARKER_MODEL")
     lm_path = (str(assets.resolve(assets.FACE_LANDMARKER, local)) if cfg.detector == "mediapipe"
                else None)
     names = model.class_names
     stand_in = str(model.meta.get("data", "")).startswith("standin")
+    out_dir.mkdir(parents=True, exist_ok=True)
     records = []
-    for k, iv in enumerate(intervals):
-        analysis = analyse_interval(clip, iv, cfg, lm_path, register)
-        n_face = sum(v is not None for v in analysis.landmarks.values())
-        log.info("interval %d: %s found a face in %d of %d frames", k, cfg.detector, n_face,
-                 len(analysis.landmarks))
-        spot_interval(iv, analysis)
-        feats, used = interval_features(clip, iv, analysis, model, register)
+    for k, iv0 in enumerate(intervals):
+        iv, analysis = features.analysed(k, iv0, cfg, lm_path)
+        feats, used = features.compute(k, iv, analysis, model)
+        if "magnified" in feats:
+            used = {**used, "pseudo_apex_id": features.pseudo_apex_id(iv),
+                    "pseudo_apex_offset": int(feats["magnified"]["pseudo_apex_offset"]),
+                    "pseudo_apex_frame": int(feats["magnified"]["pseudo_apex_frame"])}
         probs = run_model(model, feats)
         top = int(np.argmax(probs))
         motion = analysis.motion
@@ -748,35 +1035,18 @@ def predict_clip(clip: Clip, intervals: list[Interval], model: LoadedModel, out_
         records.append(rec)
         title = (f"{model.name} on {Path(clip.source).name}, frames {rec['onset']}–"
                  f"{rec['offset']}" + (" — STAND-IN-TRAINED MODEL" if stand_in else ""))
-        overlay_figure(out_dir / f"overlay_{k}.png", feats, used, probs, names, title)
+        overlay_figure(out_dir / f"overlay_{k}.png", feats, used, probs, names, title,
+                       magnified=magnified_panel(model, feats))
         hm = rec["head_motion_apex"] or {}
-        log.info("interval %d: onset %d apex %d%s offset %d%s; head at apex %.2f px (residual "
-                 "%.2f px); top %s %.3f", k, rec["onset"], rec["apex"],
+        log.info("%s, interval %d: onset %d apex %d%s offset %d%s; head at apex %.2f px "
+                 "(residual %.2f px); top %s %.3f", model.name, k, rec["onset"], rec["apex"],
                  " (spotted)" if iv.apex_spotted else "", rec["offset"],
                  " (spotted)" if iv.offset_spotted else "", hm.get("raw_px", float("nan")),
                  hm.get("residual_px", float("nan")), rec["top"], rec["top_probability"])
     head_motion_figure(out_dir / "head_motion.png", clip, records,
                        f"{Path(clip.source).name}: head motion relative to each onset")
-    rows = []
-    for rec in records:
-        used = rec["frames_used"]
-        row = {"source": clip.source, "method": model.name, "task": model.meta["task"],
-               "interval": rec["interval"], "onset": rec["onset"], "apex": rec["apex"],
-               "offset": rec["offset"], "apex_spotted": rec["apex_spotted"],
-               "offset_spotted": rec["offset_spotted"],
-               "pseudo_apex_frames": "|".join(map(str, used["pseudo_apex"])),
-               "sequence_frames": "|".join(map(str, used["sequence"])),
-               "registered": rec["registered"]}
-        for when in ("apex", "offset"):
-            hm = rec[f"head_motion_{when}"] or {}
-            for key in ("tx_px", "ty_px", "rotation_deg", "raw_px", "residual_px"):
-                row[f"head_{when}_{key}"] = hm.get(key, float("nan"))
-        row["top"] = rec["top"]
-        for n in names:
-            row[f"p_{n}"] = rec["probabilities"][n]
-        rows.append(row)
     with atomic_path(out_dir / "predictions.csv", suffix=".csv") as tmp:
-        pd.DataFrame(rows).to_csv(tmp, index=False)
+        pd.DataFrame(table_rows(clip, model, records)).to_csv(tmp, index=False)
     write_json(out_dir / "predictions.json", {
         "source": clip.source, "n_frames": len(clip), "fps": clip.fps,
         "model": {"method": model.name, "task": model.meta["task"],
@@ -790,15 +1060,72 @@ def predict_clip(clip: Clip, intervals: list[Interval], model: LoadedModel, out_
     return records
 
 
+def table_rows(clip: Clip, model: LoadedModel, records: Sequence[Mapping[str, Any]]
+               ) -> list[dict[str, Any]]:
+    """The rows of ``predictions.csv`` (module docstring) of one method's records."""
+    rows = []
+    for rec in records:
+        used = rec["frames_used"]
+        row = {"source": clip.source, "method": model.name, "task": model.meta["task"],
+               "data": model.meta.get("data"), "interval": rec["interval"],
+               "onset": rec["onset"], "apex": rec["apex"], "offset": rec["offset"],
+               "apex_spotted": rec["apex_spotted"], "offset_spotted": rec["offset_spotted"],
+               "pseudo_apex_frames": "|".join(map(str, used["pseudo_apex"])),
+               "sequence_frames": "|".join(map(str, used["sequence"])),
+               "registered": rec["registered"]}
+        for when in ("apex", "offset"):
+            hm = rec[f"head_motion_{when}"] or {}
+            for key in ("tx_px", "ty_px", "rotation_deg", "raw_px", "residual_px"):
+                row[f"head_{when}_{key}"] = hm.get(key, float("nan"))
+        row["top"] = rec["top"]
+        row["top_probability"] = rec["top_probability"]
+        for n in model.class_names:
+            row[f"p_{n}"] = rec["probabilities"][n]
+        rows.append(row)
+    return rows
+
+
+def resolve_methods(requested: Sequence[str], models_dir: str | os.PathLike) -> list[str]:
+    """``--method`` values → method names: ``all`` is every ``<models>/<method>/final.pt`` (sorted);
+    commas separate names.
+
+    Raises
+    ------
+    PredictError
+        ``all`` with no final model in ``models_dir``.
+    """
+    from pipeline.training.final import FINAL_NAME
+
+    out: list[str] = []
+    for text in requested:
+        for name in (n.strip() for n in text.split(",")):
+            if not name:
+                continue
+            if name == "all":
+                found = sorted(p.parent.name for p in Path(models_dir).glob(f"*/{FINAL_NAME}"))
+                if not found:
+                    raise PredictError(f"{models_dir}: no final model (*/{FINAL_NAME}); run "
+                                       f"`dvc repro` first")
+                out += [m for m in found if m not in out]
+            elif name not in out:
+                out.append(name)
+    return out
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="mer-predict", description="Run a trained micro-expression method on your own clip "
+        prog="mer-predict", description="Run trained micro-expression methods on your own clip "
         "(a video file or a folder of frames).",
         epilog="Frame numbers: 0-based index in a video; the number in the file name in a folder.")
     p.add_argument("clip", help="video file (any format OpenCV reads) or folder of frame images")
-    p.add_argument("--method", required=True, help="a trained method (models/<method>/final.pt)")
+    p.add_argument("--method", required=True, action="append",
+                   help="a trained method (models/<method>/final.pt); 'all' for every final "
+                        "model, or a comma-separated list; repeatable")
     p.add_argument("--models", default="models", help="models folder (default: models)")
     p.add_argument("--model", default=None, help="a final.pt file instead of models/<method>/")
+    p.add_argument("--magnifiers", default=None,
+                   help="trained magnifiers (default: <models>/magnifier); their SHA-256 must be "
+                        "those the model's magnified features were computed with")
     p.add_argument("--onset", type=int, default=None, help="onset frame number")
     p.add_argument("--apex", type=int, default=None, help="apex frame number (default: spotted)")
     p.add_argument("--offset", type=int, default=None,
@@ -809,8 +1136,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="frames per window (automatic intervals; with --onset: the search range)")
     p.add_argument("--no-register", action="store_true",
                    help="do not compensate rigid head motion before the flow")
+    p.add_argument("--sample-id", default=None,
+                   help="id the pseudo-apex offset is drawn for, as the magnify stage draws it "
+                        "per sample (default: clip/<clip name>/<onset frame>)")
     p.add_argument("--out", default=None,
-                   help="output folder (default: predictions/<clip name>/<method>)")
+                   help="output folder (default: predictions/<clip name>/<method>, or "
+                        "predictions/<clip name>/ for several methods)")
     p.add_argument("--landmarker-model", default=None,
                    help="face_landmarker.task (default: $MER_LANDMARKER_MODEL, else download)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
@@ -818,33 +1149,85 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point (``mer-predict``); returns the exit status (2 on bad input)."""
-    from pipeline.io import setup_logging
+    """Command-line entry point (``mer-predict``); returns the exit status (2 on bad input, or
+    when no method could predict)."""
+    from pipeline.io import atomic_path, setup_logging
     from pipeline.training.registry import MethodError
 
     args = _parser().parse_args(argv)
     setup_logging()
+    errors = (PredictError, FileNotFoundError, MethodError)
     try:
         import torch
 
         torch.set_num_threads(max(1, int(args.threads)))
-        model = load_model(args.method, args.models, args.model)
+        methods = resolve_methods(args.method, args.models)
+        several = len(methods) > 1 or "all" in args.method
+        if args.model and len(methods) != 1:
+            raise PredictError("--model takes one method")
         clip = open_clip(args.clip)
         intervals = parse_intervals(args, clip)
-        out = Path(args.out) if args.out else Path("predictions") / Path(clip.source).stem / args.method
-        out.mkdir(parents=True, exist_ok=True)
-        records = predict_clip(clip, intervals, model, out, register=not args.no_register,
-                               model_path=args.landmarker_model)
-    except (PredictError, FileNotFoundError, MethodError) as exc:
+        base = Path(args.out) if args.out else Path("predictions") / Path(clip.source).stem
+        out = base if (args.out or several) else base / methods[0]
+    except errors as exc:
         print(f"mer-predict: error: {exc}", file=sys.stderr)
         return 2
-    log.info("%d interval(s) → %s", len(records), out)
-    if str(model.meta.get("data", "")).startswith("standin"):
-        log.warning("the model was trained on the STAND-IN benchmark: its output on a real face "
-                    "says nothing about the expression")
-    print(json.dumps([{k: r[k] for k in ("interval", "onset", "apex", "offset", "top",
-                                         "top_probability")} for r in records]))
-    return 0
+    features = ClipFeatures(clip, not args.no_register,
+                            Path(args.magnifiers) if args.magnifiers
+                            else Path(args.models) / "magnifier", args.sample_id)
+    rows: list[dict[str, Any]] = []
+    summary = []
+    failed = 0
+    stand_in = False
+    models: dict[str, LoadedModel | Exception] = {}
+    for method in methods:
+        try:
+            models[method] = load_model(method, args.models, args.model)
+        except errors as exc:
+            models[method] = exc
+    # a constant predictor reads no features: its interval is analysed with the crops and flow
+    # of the first learned model of the call (the same landmark pass), for its overlay
+    shared = next((m.meta["features"] for m in models.values() if isinstance(m, LoadedModel)
+                   and m.net is not None and "faces" in (m.meta.get("features") or {})), None)
+    for method in methods:
+        try:
+            model = models[method]
+            if isinstance(model, Exception):
+                raise model
+            if model.net is None and shared and not model.meta.get("features"):
+                model.meta["features"] = {k: shared[k] for k in ("faces", "flow") if k in shared}
+            records = predict_clip(clip, intervals, model, out / method if several else out,
+                                   register=not args.no_register,
+                                   model_path=args.landmarker_model, features=features)
+        except errors as exc:
+            failed += 1
+            line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            print(f"mer-predict: error: {line}", file=sys.stderr)
+            rows.append({"source": clip.source, "method": method, "error": line})
+            if not several:
+                return 2
+            continue
+        stand_in |= str(model.meta.get("data", "")).startswith("standin")
+        rows += table_rows(clip, model, records)
+        summary += [{"method": method, **{k: r[k] for k in ("interval", "onset", "apex", "offset",
+                                                              "top", "top_probability")}}
+                    for r in records]
+    if several:
+        table = pd.DataFrame(rows)
+        front = [c for c in ("source", "method", "task", "data", "interval", "onset", "apex",
+                             "offset", "top", "top_probability", "error") if c in table]
+        table = table[front + [c for c in table.columns if c not in front]]
+        with atomic_path(out / "predictions.csv", suffix=".csv") as tmp:
+            table.to_csv(tmp, index=False)
+        log.info("%d method(s), %d failed; table → %s", len(methods), failed,
+                 out / "predictions.csv")
+    else:
+        log.info("%d interval(s) → %s", len(summary), out)
+    if stand_in:
+        log.warning("the model(s) were trained on the STAND-IN benchmark: their output on a real "
+                    "face says nothing about the expression")
+    print(json.dumps(summary))
+    return 0 if failed < len(methods) else 2
 
 
 if __name__ == "__main__":

@@ -68,9 +68,13 @@ def check_tvl1(tvl1: Mapping[str, Any]) -> dict[str, Any]:
 _local = threading.local()
 
 
-def _tvl1(tvl1: Mapping[str, Any]):
+def _tvl1(tvl1: Mapping[str, Any], shape: tuple[int, ...]):
+    """One TV-L1 object per thread, arguments and frame shape: OpenCV's object keeps buffers
+    between calls, and after a call on frames of another size it gives a different flow (up to
+    ~1 px seen at 64 px after a 32-px pair), so that mer-predict, which computes several caches
+    in one process, would not reproduce a stage's flow."""
     cache = _local.__dict__.setdefault("tvl1", {})
-    key = tuple(sorted(tvl1.items()))
+    key = (tuple(sorted(tvl1.items())), tuple(shape))
     if key not in cache:
         cache[key] = cv2.optflow.DualTVL1OpticalFlow_create(**dict(tvl1))
     return cache[key]
@@ -102,7 +106,7 @@ def tvl1_flow(first: np.ndarray, second: np.ndarray, tvl1: Mapping[str, Any]) ->
                 f"tvl1_flow: expected grey uint8 (H, W) frames, got {img.shape} {img.dtype}")
     if first.shape != second.shape:
         raise ValueError(f"tvl1_flow: frames of different shapes {first.shape} and {second.shape}")
-    flow = _tvl1(tvl1).calc(np.ascontiguousarray(first), np.ascontiguousarray(second), None)
+    flow = _tvl1(tvl1, first.shape).calc(np.ascontiguousarray(first), np.ascontiguousarray(second), None)
     return np.asarray(flow, dtype=np.float32)
 
 

@@ -40,12 +40,18 @@ from pipeline.features.stage import Done, Item, SampleFailure, StageSummary, run
 
 log = logging.getLogger("flow_mag")
 
-__all__ = ["magnified_pairs", "run_flow_mag"]
+__all__ = ["apex_dataset", "magnified_pairs", "run_flow_mag"]
 
 
 def _fmt(alpha: float) -> str:
     a = float(alpha)
     return str(int(a)) if a.is_integer() else str(a)
+
+
+def apex_dataset(params: Mapping[str, Any]) -> str:
+    """The ``magnified.h5`` dataset of the magnified apex of the ``flow_mag`` section (or of the
+    params stored in ``flow_mag.h5``): ``frames/<magnifier>/alpha<alpha>/apex``."""
+    return f"frames/{params.get('magnifier', 'oh')}/alpha{_fmt(params.get('alpha', 6))}/apex"
 
 
 def magnified_pairs(onset: np.ndarray, offset: np.ndarray, magnified: np.ndarray, size: int,
@@ -142,7 +148,7 @@ def run_flow_mag(faces_path: str | os.PathLike, magnified_path: str | os.PathLik
     magnifier = str(params.get("magnifier", "oh"))
     if magnifier not in ("oh", "stmemm"):
         raise ValueError(f"flow_mag.magnifier must be oh or stmemm, got {magnifier!r}")
-    dataset = f"frames/{magnifier}/alpha{_fmt(params.get('alpha', 6))}/apex"
+    dataset = apex_dataset({**params, "magnifier": magnifier})
     tvl1 = check_tvl1(flow_params.get("tvl1") or {})
     faces = open_faces(faces_path, crop, {"onset", "offset"})
     mag = FeatureCache(magnified_path, "magnified")

@@ -141,10 +141,31 @@ def halves(crop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return crop[:h], crop[crop.shape[0] - h:]
 
 
-def _process(item: Item, patch_size: int, fallback_box: tuple[float, ...]) -> Done:
-    """Landmarks, patches and halves of ``item.data``: the apex crop, or ``(crop, {group: frame})``
-    with the magnified frames whose landmarks go to ``<group>/landmarks68`` (module docstring)."""
-    crop, magnified = item.data if isinstance(item.data, tuple) else (item.data, {})
+def sample_patches(crop: np.ndarray, magnified: Mapping[str, np.ndarray], patch_size: int,
+                   fallback_box: tuple[float, ...]) -> tuple[dict[str, np.ndarray], bool]:
+    """The ``patches.h5`` arrays of one sample (module docstring; docs/internals.md).
+
+    The one computation of the ``patches`` stage and of ``mer-predict`` on a clip
+    (:mod:`pipeline.predict`).
+
+    Parameters
+    ----------
+    crop : ndarray (S, S, 3) uint8
+        The apex crop of side ``patches.size``.
+    magnified : mapping
+        ``patches.h5`` group (``magnified/<magnifier>/alpha<a>``, :func:`magnified_groups`) →
+        the decoded magnified apex ``(S', S', 3) uint8`` whose dlib points go to
+        ``<group>/landmarks68`` and ``<group>/box``.
+    patch_size : int
+    fallback_box : tuple of 4 float
+
+    Returns
+    -------
+    arrays : dict
+        Dataset name → array.
+    fallback : bool
+        Whether the HOG detector found no face and ``fallback_box`` was used.
+    """
     pts, box, fallback = landmarks68(crop, fallback_box)  # type: ignore[arg-type]
     patches, centres = region_patches(crop, pts, patch_size)
     eyes, mouth = halves(crop)
@@ -159,6 +180,14 @@ def _process(item: Item, patch_size: int, fallback_box: tuple[float, ...]) -> Do
         m_box = box * np.float32(scale)
         m_pts = _dlib().landmarks(frame, tuple(float(v) for v in m_box))
         arrays.update({f"{group}/landmarks68": m_pts, f"{group}/box": m_box})
+    return arrays, fallback
+
+
+def _process(item: Item, patch_size: int, fallback_box: tuple[float, ...]) -> Done:
+    """Landmarks, patches and halves of ``item.data``: the apex crop, or ``(crop, {group: frame})``
+    with the magnified frames whose landmarks go to ``<group>/landmarks68`` (module docstring)."""
+    crop, magnified = item.data if isinstance(item.data, tuple) else (item.data, {})
+    arrays, fallback = sample_patches(crop, magnified, patch_size, fallback_box)
     return Done(item.sample_id, arrays, ("fallback_box",) if fallback else ())
 
 

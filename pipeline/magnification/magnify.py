@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,8 @@ from pipeline.magnification.stmemm import STMEMM
 
 log = logging.getLogger("magnify")
 
-__all__ = ["LATENT_KINDS", "draw_offsets", "magnify_faces", "plot_magnified_samples", "run_magnify"]
+__all__ = ["LATENT_KINDS", "MagnifyPlan", "draw_offsets", "load_magnifiers", "magnify_batch",
+           "magnify_faces", "plot_magnified_samples", "run_magnify"]
 
 LATENT_KINDS = ("difference", "manipulated")
 
@@ -142,6 +144,118 @@ def _fmt(a: float) -> str:
     return str(int(a)) if float(a).is_integer() else str(a)
 
 
+@dataclass(frozen=True)
+class MagnifyPlan:
+    """What the ``magnify`` stage computes per sample, from its section and the pseudo-apex
+    window W of faces.h5 (module docstring).
+
+    Attributes
+    ----------
+    latent_alpha : float
+    latent_kind : str
+        One of :data:`LATENT_KINDS`.
+    oh_alphas, stmemm_alphas : tuple of float
+        Factors of the decoded magnified apex frames (ST-MEMM's empty without that magnifier).
+    seed, max_offset : int
+        The pseudo-apex draw (:func:`draw_offsets`).
+    all_offsets : bool
+        Also ``latent/onset_pseudo_all``.
+    n_k : int
+        Offsets 0 … n_k − 1 of ``latent/onset_pseudo_all``: min(max_offset, W − 1) + 1.
+    """
+
+    latent_alpha: float
+    latent_kind: str
+    oh_alphas: tuple[float, ...]
+    stmemm_alphas: tuple[float, ...]
+    seed: int
+    max_offset: int
+    all_offsets: bool
+    n_k: int
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], window: int,
+                    magnifiers: Mapping[str, Any]) -> MagnifyPlan:
+        """From the ``magnify`` section (or the params stored in ``magnified.h5``, which hold the
+        same keys), the window W and the available magnifiers.
+
+        Raises
+        ------
+        ValueError
+            An unknown ``latent_kind``, or no Oh et al. magnifier (needed for the latents).
+        """
+        latent_kind = str(cfg.get("latent_kind", "difference"))
+        if latent_kind not in LATENT_KINDS:
+            raise ValueError(f"magnify.latent_kind must be one of {LATENT_KINDS}, got "
+                             f"{latent_kind!r}")
+        if "oh" not in magnifiers:
+            raise ValueError("magnify: the Oh et al. magnifier is needed for the latents")
+        frames_cfg = cfg.get("frames") or {}
+        pa = cfg.get("pseudo_apex") or {}
+        max_offset = int(pa.get("max_offset", 5))
+        return cls(float(cfg.get("latent_alpha", 10)), latent_kind,
+                   tuple(float(a) for a in frames_cfg.get("oh", [])),
+                   tuple(float(a) for a in frames_cfg.get("stmemm", []))
+                   if "stmemm" in magnifiers else (),
+                   int(pa.get("seed", 0)), max_offset, bool(pa.get("all_offsets", True)),
+                   min(max_offset, int(window) - 1) + 1)
+
+    def offsets(self, sample_ids: Sequence[str], window: int) -> tuple[np.ndarray, int]:
+        """Pseudo-apex offsets (N,) int16 of the samples (:func:`draw_offsets`) clipped to the
+        window's last frame W − 1, and how many were clipped."""
+        drawn = draw_offsets(sample_ids, self.seed, self.max_offset)
+        clipped = int(np.sum(drawn > window - 1))
+        return np.minimum(drawn, window - 1).astype(np.int16), clipped
+
+
+def magnify_batch(magnifiers: Mapping[str, nn.Module], plan: MagnifyPlan, onset: np.ndarray,
+                  apex: np.ndarray, window_frames: np.ndarray, offsets: np.ndarray,
+                  device: torch.device) -> dict[str, np.ndarray]:
+    """The ``magnified.h5`` arrays of a batch of samples (all but ``pseudo_apex_frame``).
+
+    The one computation of the ``magnify`` stage (:func:`magnify_faces`) and of ``mer-predict``
+    on a clip (:mod:`pipeline.predict`).
+
+    Parameters
+    ----------
+    magnifiers : mapping
+        ``{"oh": OhMagNet, "stmemm": STMEMM}`` in eval mode on ``device``.
+    plan : MagnifyPlan
+    onset, apex : ndarray (B, S, S, 3) uint8
+        Aligned crops at S = ``flow.size``.
+    window_frames : ndarray (B, W, S, S, 3) uint8
+        The pseudo-apex windows (apex + 0 … W − 1, clipped at the offset).
+    offsets : ndarray (B,) int
+        Each sample's pseudo-apex offset k (:func:`draw_offsets`, clipped to W − 1).
+    device : torch.device
+
+    Returns
+    -------
+    dict
+        Dataset name → array with a leading batch axis (docs/internals.md, ``magnified.h5``).
+
+    Raises
+    ------
+    FloatingPointError
+        A latent beyond the float16 range.
+    """
+    k = np.asarray(offsets, dtype=np.int64)
+    pseudo = window_frames[np.arange(len(k)), k]
+    t_on, t_ap, t_ps = (to_model_range(x, device) for x in (onset, apex, pseudo))
+    t_win = None
+    if plan.all_offsets:
+        frames_k = window_frames[:, :plan.n_k]
+        t_win = to_model_range(frames_k.reshape(-1, *frames_k.shape[2:]), device)
+        t_win = t_win.reshape(len(k), plan.n_k, *t_win.shape[1:])
+    out = _oh_outputs(magnifiers["oh"], t_on, t_ap, t_ps, plan.latent_alpha, plan.latent_kind,
+                      plan.oh_alphas, t_win, k,
+                      window_starts_at_apex=bool(np.array_equal(window_frames[:, 0], apex)))
+    if plan.stmemm_alphas:
+        out.update(_stmemm_outputs(magnifiers["stmemm"], t_on, t_ap, plan.stmemm_alphas))
+    out["pseudo_apex_offset"] = k.astype(np.int16)
+    return out
+
+
 def magnify_faces(faces_path: str | os.PathLike, out_path: str | os.PathLike,
                   magnifiers: Mapping[str, nn.Module], size: int, cfg: Mapping[str, Any],
                   device: torch.device, params: Mapping[str, Any],
@@ -179,33 +293,19 @@ def magnify_faces(faces_path: str | os.PathLike, out_path: str | os.PathLike,
     ValueError
         On an unknown ``latent_kind`` or a missing Oh magnifier.
     """
-    latent_kind = cfg.get("latent_kind", "difference")
-    if latent_kind not in LATENT_KINDS:
-        raise ValueError(f"magnify.latent_kind must be one of {LATENT_KINDS}, got {latent_kind!r}")
-    if "oh" not in magnifiers:
-        raise ValueError("magnify: the Oh et al. magnifier is needed for the latents")
     faces = FeatureCache(faces_path, "faces")
     n_onset, n_apex, n_pseudo = _check_inputs(faces, size)
     ids = list(faces.sample_ids)
     if not ids:
         raise CacheError(f"{faces.path}: no samples (every sample failed in the faces stage?)")
     window = faces.datasets[n_pseudo][0][1]
-    pa = cfg.get("pseudo_apex", {})
-    max_offset = int(pa.get("max_offset", 5))
-    offsets = draw_offsets(ids, int(pa.get("seed", 0)), max_offset)
-    if max_offset > window - 1:
+    plan = MagnifyPlan.from_config(cfg, window, magnifiers)
+    offsets, n_clipped = plan.offsets(ids, window)
+    if plan.max_offset > window - 1:
         log.warning("pseudo-apex offsets up to %d frames but faces.h5 holds a window of %d: "
-                    "clipping %d offsets to %d", max_offset, window,
-                    int(np.sum(offsets > window - 1)), window - 1)
-        offsets = np.minimum(offsets, window - 1).astype(np.int16)
-    all_offsets = bool(pa.get("all_offsets", True))
-    n_k = min(max_offset, window - 1) + 1
+                    "clipping %d offsets to %d", plan.max_offset, window, n_clipped, window - 1)
     has_numbers = "frame_numbers/pseudo_apex" in faces.datasets
-    frames_cfg = cfg.get("frames", {})
-    oh_alphas = [float(a) for a in frames_cfg.get("oh", [])]
-    st_alphas = [float(a) for a in frames_cfg.get("stmemm", [])] if "stmemm" in magnifiers else []
     batch = int(cfg.get("batch_size", 16))
-    latent_alpha = float(cfg.get("latent_alpha", 10))
     names: list[str] = []
     # float16 latents barely compress (gzip: ~16 % smaller, most of the stage's write time)
     with CacheWriter(out_path, "magnified", params, compress_float=False) as writer:
@@ -213,31 +313,19 @@ def magnify_faces(faces_path: str | os.PathLike, out_path: str | os.PathLike,
                    mininterval=2.0)
         for start in bar:
             rows = np.arange(start, min(start + batch, len(ids)))
-            onset = faces.read(n_onset, slice(rows[0], rows[-1] + 1))
-            apex = faces.read(n_apex, slice(rows[0], rows[-1] + 1))
-            window_frames = faces.read(n_pseudo, slice(rows[0], rows[-1] + 1))
-            k = offsets[rows]
-            pseudo = window_frames[np.arange(len(rows)), k]
-            t_on, t_ap, t_ps = (to_model_range(x, device) for x in (onset, apex, pseudo))
-            t_win = None
-            if all_offsets:
-                frames_k = window_frames[:, :n_k]
-                t_win = to_model_range(frames_k.reshape(-1, *frames_k.shape[2:]), device)
-                t_win = t_win.reshape(len(rows), n_k, *t_win.shape[1:])
-            out = _oh_outputs(magnifiers["oh"], t_on, t_ap, t_ps, latent_alpha, latent_kind,
-                              oh_alphas, t_win, k,
-                              window_starts_at_apex=bool(np.array_equal(window_frames[:, 0], apex)))
-            if st_alphas:
-                out.update(_stmemm_outputs(magnifiers["stmemm"], t_on, t_ap, st_alphas))
+            part = slice(rows[0], rows[-1] + 1)
+            out = magnify_batch(magnifiers, plan, faces.read(n_onset, part),
+                                faces.read(n_apex, part), faces.read(n_pseudo, part),
+                                offsets[rows], device)
             if has_numbers:
-                numbers = faces.read("frame_numbers/pseudo_apex", slice(rows[0], rows[-1] + 1))
-                out["pseudo_apex_frame"] = numbers[np.arange(len(rows)), k].astype(np.int32)
-            out["pseudo_apex_offset"] = k.astype(np.int16)
+                numbers = faces.read("frame_numbers/pseudo_apex", part)
+                out["pseudo_apex_frame"] = numbers[np.arange(len(rows)),
+                                                   offsets[rows]].astype(np.int32)
             for j, r in enumerate(rows):
                 writer.append(ids[r], {name: arr[j] for name, arr in out.items()})
             names = sorted(out)
     faces.close()
-    hist = np.bincount(offsets, minlength=max_offset + 1)
+    hist = np.bincount(offsets, minlength=plan.max_offset + 1)
     return {"n_samples": len(ids), "datasets": names,
             "pseudo_apex_offset_counts": hist.tolist()}
 
@@ -323,6 +411,58 @@ def _magnify_one(model: nn.Module, a: np.ndarray, b: np.ndarray, alpha: float,
     return from_model_range(out)[0].astype(np.float32)
 
 
+def load_magnifiers(models_dir: str | os.PathLike, kinds: Sequence[str], device: torch.device,
+                    expected: Mapping[str, Mapping[str, Any]] | None = None
+                    ) -> tuple[dict[str, nn.Module], dict[str, dict[str, str]]]:
+    """Load the trained magnifiers ``models/magnifier/<kind>.pt`` in eval mode.
+
+    Parameters
+    ----------
+    models_dir : path
+        ``models/magnifier``.
+    kinds : sequence of str
+        ``oh`` and/or ``stmemm``.
+    device : torch.device
+    expected : mapping, optional
+        kind → ``{"arch", "sha256"}`` as stored in ``magnified.h5``'s params: each weight file
+        must have that SHA-256 (the weights a model was trained with).
+
+    Returns
+    -------
+    magnifiers : dict
+        kind → module.
+    stored : dict
+        kind → ``{"arch", "sha256"}`` (what ``magnified.h5`` stores).
+
+    Raises
+    ------
+    FileNotFoundError
+        A weight file is missing.
+    ValueError
+        A weight file whose SHA-256 differs from ``expected`` (naming the file and both hashes).
+    """
+    from pipeline.assets import sha256_of
+    from pipeline.magnification.train import WEIGHT_FILES, load_magnifier
+
+    magnifiers: dict[str, nn.Module] = {}
+    stored: dict[str, dict[str, str]] = {}
+    for kind in kinds:
+        path = Path(models_dir) / WEIGHT_FILES[kind]
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no {kind} magnifier weights (written by `dvc repro "
+                                    f"magnifier`)")
+        digest = sha256_of(path)
+        want = (expected or {}).get(kind, {}).get("sha256")
+        if want is not None and digest != want:
+            raise ValueError(f"{path}: SHA-256 {digest[:12]}…, but the features were computed "
+                             f"with {kind} weights {str(want)[:12]}… (re-run `dvc repro magnify` "
+                             f"and the training, or use the magnifier they were made with)")
+        model, meta = load_magnifier(path, device)
+        magnifiers[kind] = model
+        stored[kind] = {"arch": meta["arch"], "sha256": digest}
+    return magnifiers, stored
+
+
 def run_magnify(cfg: Mapping[str, Any], *, size: int, seed: int,
                 faces_path: str | os.PathLike, models_dir: str | os.PathLike,
                 out_path: str | os.PathLike, figure_path: str | os.PathLike,
@@ -354,22 +494,15 @@ def run_magnify(cfg: Mapping[str, Any], *, size: int, seed: int,
     CacheError
         ``faces.h5`` is missing or lacks the crops at size S.
     """
-    from pipeline.assets import sha256_of
     from pipeline.io import atomic_path
-    from pipeline.magnification.train import WEIGHT_FILES, load_magnifier, resolve_device
+    from pipeline.magnification.train import resolve_device
 
     device = resolve_device(str(cfg.get("device", "auto")))
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg["torch_threads"]))
     frames_cfg = cfg.get("frames", {})
     needed = ["oh"] + (["stmemm"] if frames_cfg.get("stmemm") else [])
-    magnifiers: dict[str, nn.Module] = {}
-    stored: dict[str, Any] = {}
-    for kind in needed:
-        path = Path(models_dir) / WEIGHT_FILES[kind]
-        model, meta = load_magnifier(path, device)
-        magnifiers[kind] = model
-        stored[kind] = {"arch": meta["arch"], "sha256": sha256_of(path)}
+    magnifiers, stored = load_magnifiers(models_dir, needed, device)
     params = {"size": int(size), "latent_alpha": float(cfg.get("latent_alpha", 10)),
               "latent_kind": cfg.get("latent_kind", "difference"),
               "frames": {k: [float(a) for a in v] for k, v in frames_cfg.items()},

@@ -13,9 +13,14 @@ Choices made here:
   allow).
 * ``selection: inner_val`` draws its validation subjects from all subjects, as a fold does from
   its training subjects; ``selection: last`` trains for the fixed epoch budget.
-* Methods whose inputs :mod:`pipeline.predict` cannot compute from a clip (today: anything read
-  from ``magnified.h5`` or ``patches.h5``) get no final model; the stage says so in its log.
-  Constant predictors store their fitted scores.
+* Every cache a method may read (:data:`PREDICTABLE_CACHES`: ``faces``, ``flow``,
+  ``magnified``, ``patches``, ``flow_mag``) is one :mod:`pipeline.predict` computes from a clip;
+  a method reading another gets no final model, and the stage says so in its log.  Constant
+  predictors store their fitted scores.
+* Cost: one more fit of the method's epoch budget on all of its protocol's samples, i.e. about
+  one extra fold (CD6ME: six folds on five sixths of the data each, so ~20 % of the stage's
+  training; LOSO: one composite-3 fit beside ~100 subject folds, a few %).  The stage logs the
+  seconds it took.
 * Switch: ``final_model`` (``train:`` or a method's section): ``true`` (``params.yaml``'s
   ``train:`` sets it) or ``false``; absent means off, so library callers (and the tests) that do
   not ask for a final model do not pay for one.
@@ -26,7 +31,9 @@ method section merged over ``train:``), ``params_hash`` (:func:`params_hash`), `
 or real), ``seed``, ``epoch``, ``n_train``, ``inputs`` (per input: ``key``, ``cache``,
 ``dataset``, ``kind``, ``size``), ``flow_norm``, ``flow_quantile``, ``features`` (cache name →
 the parameters stored in that feature cache: crop geometry, detector, flow size, TV-L1
-arguments), ``threshold``, ``train_targets`` and ``train_subjects`` (what a builder may read from
+arguments, magnification factors, pseudo-apex draw, the magnifiers' weight hashes — for every
+cache the method reads, and also ``faces.h5``'s and ``flow.h5``'s when present, which prediction
+needs for the crops and the overlay), ``threshold``, ``train_targets`` and ``train_subjects`` (what a builder may read from
 its fold context), and ``state_dict`` — or ``constant_scores`` for a constant predictor.
 """
 
@@ -37,6 +44,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -68,7 +76,9 @@ __all__ = ["FINAL_NAME", "FORMAT", "PREDICTABLE_CACHES", "choose_final_task", "f
 FINAL_NAME = "final.pt"
 FORMAT = "mer-final/1"
 #: Feature caches whose arrays :mod:`pipeline.predict` computes from a clip.
-PREDICTABLE_CACHES = ("faces", "flow")
+PREDICTABLE_CACHES = ("faces", "flow", "magnified", "patches", "flow_mag")
+#: Caches whose params every final model stores when they exist (crops, flow, the overlay).
+UPSTREAM_CACHES = ("faces", "flow")
 DEFAULT_FINAL_TASK = "composite-3"
 
 
@@ -153,6 +163,7 @@ def fit_final_model(name: str, spec: MethodSpec, params: Mapping[str, Any], samp
         log.info("%s: no final model: its inputs come from %s, which mer-predict does not compute "
                  "from a clip", name, other)
         return None
+    started = time.perf_counter()
     settings = TrainSettings.from_params(params)
     emotion_task = None
     if spec.task == "au":
@@ -204,21 +215,41 @@ def fit_final_model(name: str, spec: MethodSpec, params: Mapping[str, Any], samp
     if spec.needs_subjects:
         index = {s: i for i, s in enumerate(ctx.train_subjects)}
         extras["subject"] = np.array([index.get(s, -1) for s in subjects], dtype=np.int64)
+    if spec.sample_extras is not None:   # the store's positions are the table's rows here
+        extras.update({k: np.asarray(v) for k, v in spec.sample_extras(table).items()})
     with tempfile.TemporaryDirectory(dir=models_dir) as tmpdir:
         ckpt_path = Path(tmpdir) / "fit.pt"
         outcome = fit_predict(spec, ctx, store, rows, np.zeros(0, np.int64), targets, settings,
                               validation=validation, extras=extras, checkpoint=ckpt_path)
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     meta.update(state_dict=ckpt["state_dict"], epoch=outcome.selected_epoch, n_train=len(rows),
-                features={c: store.caches[c].params for c in sorted(store.caches)},
+                features=_feature_params(store, features_dir),
                 train_targets=np.asarray(ctx.train_targets).tolist(),
                 train_subjects=list(ctx.train_subjects))
     for cache in store.caches.values():
         cache.close()
     with atomic_path(out, suffix=".pt") as tmp:
         torch.save(meta, tmp)
-    log.info("%s: final model on %d samples (%s), epoch %d → %s", name, len(rows),
-             emotion_task.key if emotion_task else "CD6ME", outcome.selected_epoch, out)
+    log.info("%s: final model on %d samples (%s), epoch %d, %.1f s → %s", name, len(rows),
+             emotion_task.key if emotion_task else "CD6ME", outcome.selected_epoch,
+             time.perf_counter() - started, out)
+    return out
+
+
+def _feature_params(store: Any, features_dir: str | os.PathLike) -> dict[str, Any]:
+    """Cache name → stored params: the caches the method reads, plus :data:`UPSTREAM_CACHES`
+    present in ``features_dir``."""
+    from pipeline.features.cache import FeatureCache
+
+    out = {c: store.caches[c].params for c in sorted(store.caches)}
+    for name in UPSTREAM_CACHES:
+        path = Path(features_dir) / f"{name}.h5"
+        if name not in out and path.is_file():
+            cache = FeatureCache(path, name)
+            try:
+                out[name] = cache.params
+            finally:
+                cache.close()
     return out
 
 
@@ -237,8 +268,7 @@ def load_final(path: str | os.PathLike) -> dict[str, Any]:
         method = path.parent.name
         raise FileNotFoundError(
             f"{path}: no final model of method {method!r}. It is written by `dvc repro "
-            f"train@{method}` with train.final_model: true (methods reading magnified.h5 or "
-            f"patches.h5 have none)")
+            f"train@{method}` with train.final_model: true")
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(ckpt, Mapping) or ckpt.get("format") != FORMAT:
         raise ValueError(f"{path}: not a final model ({FORMAT}); rebuild it with dvc repro")
