@@ -165,8 +165,11 @@ def dask_client(scheduler: str | None, workers: int, key: str = "parallel.schedu
     import dask
     from distributed import Client, LocalCluster
 
+    # distributed's own logging config sets its logger to INFO, with a handler on the stderr of
+    # the moment it was imported: every client connection and removal would be logged (from the
+    # scheduler's thread, even after the block).  Warnings and errors still show.
     dlog = logging.getLogger("distributed")
-    if dlog.level == logging.NOTSET:  # the stage's INFO logging would show every connection
+    if dlog.getEffectiveLevel() < logging.WARNING:
         dlog.setLevel(logging.WARNING)
     cluster = None
     if scheduler:
