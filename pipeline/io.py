@@ -217,15 +217,21 @@ def record_stage_time(stage: str, path: str | os.PathLike, **extra: Any) -> dict
     return record
 
 
+#: Tracked paths whose uncommitted changes make a run differ from its commit (:func:`code_version`).
+RUN_INPUTS: tuple[str, ...] = ("pipeline", "stages", "params.yaml", "dvc.yaml", "pyproject.toml")
+
+
 def code_version() -> dict[str, Any]:
-    """The git commit of the code in the current folder and whether tracked files differ from it.
+    """The git commit of the code in the current folder and whether what a run executes differs
+    from it.
 
     Returns
     -------
     dict
         ``{"git_commit": 40 hex digits | None, "git_modified": bool | None}`` (None outside a git
-        checkout or without git).  Files a run rewrites (``dvc.lock``, ``docs/results.md``,
-        ``docs/figures/``) do not count as modifications.
+        checkout or without git).  ``git_modified``: uncommitted changes to the files the stages
+        run or read (:data:`RUN_INPUTS`: ``pipeline/``, ``stages/``, ``params.yaml``,
+        ``dvc.yaml``, ``pyproject.toml``); documentation and tests do not count.
     """
     import subprocess
 
@@ -237,8 +243,8 @@ def code_version() -> dict[str, Any]:
             return None
 
     commit = git("rev-parse", "--verify", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!dvc.lock",
-                 ":!docs/results.md", ":!docs/figures") if commit else None
+    status = git("status", "--porcelain", "--untracked-files=no", "--", *RUN_INPUTS) \
+        if commit else None
     return {"git_commit": commit or None, "git_modified": None if status is None else bool(status)}
 
 
