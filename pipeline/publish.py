@@ -20,7 +20,7 @@ command turns the outputs of a finished run into one Markdown page and one figur
   (``metrics/stages/<stage>.json``, ``metrics/<method>/stage.json``;
   :func:`pipeline.io.record_stage_time`);
 * the methods × AUs heatmap of F1 and AUC (``reports/figures/au_heatmap.png``, copied to
-  ``docs/figures/au_heatmap.png``).
+  ``docs/figures/au_heatmap.png`` with a 256-colour palette, Pillow, to stay small).
 
 Errors (one line, exit status 1): a missing metrics file or figure names the file and the stage
 to run.  (Not under ``pipeline/reporting``, a dependency of the report stage: changing this page's
@@ -36,7 +36,6 @@ import json
 import logging
 import os
 import platform
-import shutil
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -44,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from PIL import Image
 
 from pipeline.io import atomic_path, code_version, read_json, setup_logging
 from pipeline.params import ParamsError, load, method_params, section
@@ -236,6 +236,7 @@ def publish(metrics_dir: str | os.PathLike, reports_dir: str | os.PathLike,
     report_time = times.loc[times["stage"] == "report", "finished_utc"]
     run_date = str(report_time.iloc[0]) if len(report_time) else "not recorded"
     commits = _commits(times)
+    publisher = code_version()["git_commit"] or "unknown"
     env = environment()
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -252,6 +253,7 @@ def publish(metrics_dir: str | os.PathLike, reports_dir: str | os.PathLike,
            markdown_table(["", ""], [
                ["command", f"`{command}`, then `python -m pipeline.publish`"],
                ["commit", commits],
+               ["page", f"written by `python -m pipeline.publish` at `{publisher}`"],
                ["run finished", f"{run_date} (report stage); page written {now}"],
                ["outputs", _dvc_status() if check_status else "not checked"],
                ["machine", f"{cpu_model()}, {os.cpu_count()} logical cores, "
@@ -302,7 +304,9 @@ def publish(metrics_dir: str | os.PathLike, reports_dir: str | os.PathLike,
     text = "\n".join(md) + "\n"
     figure_out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(figure_out, suffix=".png") as tmp:
-        shutil.copyfile(heatmap, tmp)
+        # a 256-colour palette keeps the committed copy small (the heatmap has few colours)
+        with Image.open(heatmap) as img:
+            img.convert("RGB").quantize(colors=256).save(tmp, format="PNG", optimize=True)
     with atomic_path(out, suffix=".md") as tmp:
         tmp.write_text(text, encoding="utf-8")
     log.info("wrote %s and %s (%d AU, %d emotion methods, %d stage times)", out, figure_out,

@@ -156,3 +156,28 @@ def test_default_run_declares_at_most_400_numbers(stage_run):
     assert len(declared) == len(params["methods"]) + 1
     print("declared numbers of a default run:", total)
     assert total <= MAX_DECLARED_NUMBERS
+
+
+def test_code_version_counts_only_what_a_run_executes(tmp_path, monkeypatch):
+    import subprocess
+
+    from pipeline.io import code_version
+
+    monkeypatch.chdir(tmp_path)
+    assert code_version() == {"git_commit": None, "git_modified": None}   # not a checkout
+    for rel in ("pipeline/x.py", "docs/a.md", "tests/test_x.py"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("1\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert code_version() == {"git_commit": head, "git_modified": False}
+    (tmp_path / "docs/a.md").write_text("2\n")
+    (tmp_path / "tests/test_x.py").write_text("2\n")
+    (tmp_path / "pipeline/new.py").write_text("untracked\n")
+    assert code_version()["git_modified"] is False
+    (tmp_path / "pipeline/x.py").write_text("2\n")
+    assert code_version() == {"git_commit": head, "git_modified": True}

@@ -108,7 +108,8 @@ def plot_au_heatmap(f1: Mapping[str, Mapping[str, float]], auc: Mapping[str, Map
                 ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=6.5,
                         color="black" if v > 0.55 else "white")
         ax.axvline(len(aus) - 0.5, color="white", lw=2)
-        ax.set_xticks(range(len(cols)), cols, fontsize=7.5, rotation=0)
+        ax.set_xticks(range(len(cols)), [c.removeprefix("AU") for c in cols], fontsize=7.5)
+        ax.set_xlabel("AU", fontsize=8, labelpad=1)
         ax.set_title(name, fontsize=9)
         ax.tick_params(length=0)
     axes[0].set_yticks(range(len(methods)), methods, fontsize=7.5)
