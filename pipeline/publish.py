@@ -159,12 +159,13 @@ def _commits(times: pd.DataFrame) -> str:
 
 
 def _run_parameters(params: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The parameters that decide a run's numbers, as YAML values (``null``, ``[0, 1]``)."""
     train = params.get("train") or {}
-    return [("config", str(params.get("config"))), ("seed", str(params.get("seed"))),
-            ("data.source", str((params.get("data") or {}).get("source"))),
-            ("standin.profile", str((params.get("standin") or {}).get("profile"))),
-            ("train.budget", str(train.get("budget"))),
-            ("train.seeds", str(train.get("seeds")))]
+    values = [("config", params.get("config")), ("seed", params.get("seed")),
+              ("data.source", (params.get("data") or {}).get("source")),
+              ("standin.profile", (params.get("standin") or {}).get("profile")),
+              ("train.budget", train.get("budget")), ("train.seeds", train.get("seeds"))]
+    return [(k, json.dumps(v).strip('"')) for k, v in values]
 
 
 def _magnifier_rows(metrics_dir: Path) -> tuple[list[str], list[list[str]]] | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import matplotlib
 import matplotlib.image as mpimg
 import numpy as np
 import pandas as pd
@@ -219,6 +220,7 @@ def test_publish_writes_the_results_page_from_the_run(metrics_dir, tmp_path):
     assert cpu_model() in md and f"numpy {numpy.__version__}" in md
     assert f"scikit-learn {sklearn.__version__}" in md and "h5py " in md and "torch " in md
     assert "| `standin.profile` | `quick` |" in md and "| `train.budget` | `quick` |" in md
+    assert "| `train.seeds` | `null` |" in md
     # the headline numbers of metrics/<method>.json, the paper's beside them
     head = json.loads((metrics_dir / "sssnet.json").read_text())
     row = next(line for line in md.splitlines() if line.startswith("| sssnet |"))
@@ -232,3 +234,20 @@ def test_publish_writes_the_results_page_from_the_run(metrics_dir, tmp_path):
     assert "| faces | 2 min 05 s |" in md and "| report | 4.0 s |" in md
     assert "| **sum of stages** | 2 min 09 s |" in md and "last finish 5 min 04 s" in md
     assert "](figures/h.png)" in md
+
+
+def test_heatmap_colours_a_zero_f1_and_leaves_a_missing_auc_grey(tmp_path):
+    from pipeline.reporting.plots import plot_au_heatmap
+
+    f1 = {"a": {au: 0.0 for au in CD6ME_AUS}}
+    auc = {"a": {au: (None if au == "AU1" else 1.0) for au in CD6ME_AUS}}
+    img = mpimg.imread(plot_au_heatmap(f1, auc, CD6ME_AUS, "t", tmp_path / "h.png"))[..., :3]
+    pixels = img.reshape(-1, 3).astype(float)
+
+    def count(colour) -> int:
+        return int((np.abs(pixels - np.asarray(colour[:3])).max(axis=1) < 0.01).sum())
+
+    viridis = matplotlib.colormaps["viridis"]
+    # F1 0 is dark purple (11 AUs + the mean), AUC 1 yellow, the AU without an AUC grey
+    assert count(viridis(0.0)) > 11 * count((0.933, 0.933, 0.933)) > 0
+    assert count(viridis(1.0)) > 10 * count((0.933, 0.933, 0.933))

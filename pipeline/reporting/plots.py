@@ -57,7 +57,8 @@ def plot_au_heatmap(f1: Mapping[str, Mapping[str, float]], auc: Mapping[str, Map
 
     One row per method (in the given order), one column per AU plus a last ``mean`` column; both
     colour scales span [0, 1] (viridis; missing values blank), so the two panels and two reports
-    compare by colour.  Sized to read at page width (about 1,100 px wide at any method count).
+    compare by colour; a cell without a value (an AU without both classes has no AUC) stays grey.
+    Sized to read at page width (about 1,100 px wide at any method count).
 
     Parameters
     ----------
@@ -89,15 +90,15 @@ def plot_au_heatmap(f1: Mapping[str, Mapping[str, float]], auc: Mapping[str, Map
     def grid(values: Mapping[str, Mapping[str, float]]) -> np.ndarray:
         out = np.full((len(methods), len(cols)), np.nan)
         for i, m in enumerate(methods):
-            row = [float(values.get(m, {}).get(a, np.nan) or np.nan) for a in aus]
+            row = [np.nan if v is None else float(v)
+                   for v in (values.get(m, {}).get(a) for a in aus)]
             out[i, :-1] = row
             if np.isfinite(row).any():
                 out[i, -1] = np.nanmean(row)
         return out
 
-    height = 1.3 + 0.28 * len(methods)
-    fig, axes = plt.subplots(1, 2, figsize=(10.0, height), sharey=True,
-                             gridspec_kw={"wspace": 0.04})
+    height = 1.5 + 0.28 * len(methods)
+    fig, axes = plt.subplots(1, 2, figsize=(10.0, height), sharey=True, layout="constrained")
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#eeeeee")
     image = None
     for ax, (name, values) in zip(axes, (("binary F1", f1), ("ROC AUC", auc)), strict=True):
@@ -114,8 +115,7 @@ def plot_au_heatmap(f1: Mapping[str, Mapping[str, float]], auc: Mapping[str, Map
         ax.tick_params(length=0)
     axes[0].set_yticks(range(len(methods)), methods, fontsize=7.5)
     fig.colorbar(image, ax=axes, fraction=0.025, pad=0.01)
-    fig.suptitle(f"CD6ME per-AU scores, pooled over folds — {tag}", fontsize=9,
-                 y=1.0 - 0.12 / height)
+    fig.suptitle(f"CD6ME per-AU scores, pooled over folds — {tag}", fontsize=9)
     return _save(fig, path)
 
 
