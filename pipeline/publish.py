@@ -185,7 +185,7 @@ def _magnifier_rows(metrics_dir: Path) -> tuple[list[str], list[list[str]]] | No
 def publish(metrics_dir: str | os.PathLike, reports_dir: str | os.PathLike,
             params_path: str | os.PathLike, out: str | os.PathLike, figure_out: str | os.PathLike,
             command: str, methods: Sequence[str] | None = None,
-            check_status: bool = True) -> str:
+            check_status: bool = True, note: str | None = None) -> str:
     """Write the results page (module docstring) and copy its figure.
 
     Parameters
@@ -205,6 +205,8 @@ def publish(metrics_dir: str | os.PathLike, reports_dir: str | os.PathLike,
         Methods in table order (default: ``report.methods`` or every ``methods`` entry).
     check_status : bool
         Run ``dvc status`` and state whether every output is up to date.
+    note : str, optional
+        A sentence on the run's circumstances (e.g. other load on the machine), shown as such.
 
     Returns
     -------
@@ -261,6 +263,8 @@ def publish(metrics_dir: str | os.PathLike, reports_dir: str | os.PathLike,
                            f"{platform.system()} {platform.release()}"],
                ["environment", ", ".join(f"{k} {v}" for k, v in env.items())],
                *[[f"`{k}`", f"`{v}`"] for k, v in _run_parameters(params)]])]
+    if note:
+        md += ["", f"Note from the person who ran it: {note}"]
 
     if len(au):
         rows = [[r["method"], _epochs(r.get("epochs")), _fmt(r["f1_mean"]),
@@ -328,11 +332,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="the command that produced the run, as the page states it "
                          "(default: %(default)s)")
     ap.add_argument("--no-status", action="store_true", help="skip `dvc status`")
+    ap.add_argument("--note", help="a sentence on the run's circumstances, shown under the header")
     args = ap.parse_args(argv)
     setup_logging()
     try:
         publish(args.metrics, args.reports, args.params, args.out, args.figure, args.command,
-                check_status=not args.no_status)
+                check_status=not args.no_status, note=args.note)
     except (PublishError, ParamsError, FileNotFoundError) as exc:
         log.error("%s", exc)
         return 1

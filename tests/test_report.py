@@ -207,14 +207,14 @@ def test_publish_writes_the_results_page_from_the_run(metrics_dir, tmp_path):
                                         "started_utc": "2026-01-01T10:05:00Z",
                                         "finished_utc": "2026-01-01T10:05:04Z",
                                         "git_commit": "a" * 40, "git_modified": False})
-    md = publish(*args, check_status=False)
+    md = publish(*args, check_status=False, note="shared machine")
     assert out.read_text() == md
     # the committed copy: the same picture in a palette (a few colour steps at most)
     original = mpimg.imread(tmp_path / "reports" / "figures" / "au_heatmap.png")[..., :3]
     copy = np.asarray(Image.open(figure).convert("RGB"), dtype=float) / 255
     assert copy.shape == original.shape and np.abs(copy - original).mean() < 0.01
     assert figure.stat().st_size < 200_000
-    assert "do not edit by hand" in md and "STAND-IN" in md
+    assert "do not edit by hand" in md and "STAND-IN" in md and "shared machine" in md
     assert f"`{'a' * 40}`" in md and "uncommitted" not in md
     assert "2026-01-01T10:05:04Z (report stage)" in md
     assert cpu_model() in md and f"numpy {numpy.__version__}" in md
