@@ -11,7 +11,10 @@ for temporaries of dead processes (:func:`sweep_stale_temporaries`).
 
 :func:`start_stage` also turns the failures a user can cause or fix into one line on stderr
 instead of a traceback: Ctrl-C (exit status 130), a write error (``OSError``: disk full,
-read-only folder, permissions; the message names the path and the cause, exit status 1).
+read-only folder, permissions; the message names the path and the cause, exit status 1).  It
+also starts the stage's clock: :func:`record_stage_time` writes the wall time of a finished stage
+(``metrics/stages/<stage>.json``, a declared output that no other stage reads, so a timing that
+differs between two runs never makes DVC re-run anything downstream).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -120,6 +124,7 @@ def start_stage(name: str) -> logging.Logger:
         The stage's logger.
     """
     setup_logging()
+    _STAGE_CLOCK[name] = (time.perf_counter(), time.time())
     stage_log = logging.getLogger(name)
     try:
         sweep_stale_temporaries()
@@ -159,6 +164,88 @@ def start_stage(name: str) -> logging.Logger:
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
     return stage_log
+
+
+#: Stage name → (perf_counter, epoch seconds) at :func:`start_stage`.
+_STAGE_CLOCK: dict[str, tuple[float, float]] = {}
+
+
+def stage_time_path(stage: str, params_path: str | os.PathLike = "params.yaml") -> Path:
+    """Where a stage's wall time goes: ``metrics/stages/<stage>.json`` beside the parameter file
+    (the project root under DVC; a test's folder when it passes its own ``--params``)."""
+    return Path(params_path).parent / "metrics" / "stages" / f"{stage}.json"
+
+
+def record_stage_time(stage: str, path: str | os.PathLike, **extra: Any) -> dict[str, Any]:
+    """Write the wall time of stage ``stage`` since :func:`start_stage` to ``path`` (atomically).
+
+    Parameters
+    ----------
+    stage : str
+        The name given to :func:`start_stage` (``train@sssnet`` for a train stage).
+    path : path
+        A JSON file (:func:`stage_time_path`, or ``metrics/<method>/stage.json``).
+    **extra
+        Further JSON fields (e.g. ``workers``).
+
+    Returns
+    -------
+    dict
+        ``{"stage", "wall_seconds" (float, s, 0.1 s resolution), "started_utc", "finished_utc"
+        (ISO 8601), "cpu_count", "git_commit", "git_modified"}`` (:func:`code_version`) plus
+        ``extra``.
+
+    Raises
+    ------
+    KeyError
+        If :func:`start_stage` was not called for ``stage`` (or for its part before ``@``).
+    """
+    import datetime as _dt
+
+    key = stage if stage in _STAGE_CLOCK else stage.split("@")[0]
+    if key not in _STAGE_CLOCK:
+        raise KeyError(f"record_stage_time: stage {stage!r} was not started (start_stage)")
+    t0, wall0 = _STAGE_CLOCK[key]
+
+    def iso(t: float) -> str:
+        return _dt.datetime.fromtimestamp(t, _dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    record = {"stage": stage, "wall_seconds": round(time.perf_counter() - t0, 1),
+              "started_utc": iso(wall0), "finished_utc": iso(time.time()),
+              "cpu_count": os.cpu_count(), **code_version(), **extra}
+    write_json(path, record)
+    return record
+
+
+#: Tracked paths whose uncommitted changes make a run differ from its commit (:func:`code_version`).
+RUN_INPUTS: tuple[str, ...] = ("pipeline", "stages", "params.yaml", "dvc.yaml", "pyproject.toml")
+
+
+def code_version() -> dict[str, Any]:
+    """The git commit of the code in the current folder and whether what a run executes differs
+    from it.
+
+    Returns
+    -------
+    dict
+        ``{"git_commit": 40 hex digits | None, "git_modified": bool | None}`` (None outside a git
+        checkout or without git).  ``git_modified``: uncommitted changes to the files the stages
+        run or read (:data:`RUN_INPUTS`: ``pipeline/``, ``stages/``, ``params.yaml``,
+        ``dvc.yaml``, ``pyproject.toml``); documentation and tests do not count.
+    """
+    import subprocess
+
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True, check=True,
+                                  timeout=60).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    commit = git("rev-parse", "--verify", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no", "--", *RUN_INPUTS) \
+        if commit else None
+    return {"git_commit": commit or None, "git_modified": None if status is None else bool(status)}
 
 
 def _host() -> str:

@@ -19,7 +19,7 @@ import sys
 
 import torch
 
-from pipeline.io import start_stage, write_json
+from pipeline.io import record_stage_time, stage_time_path, start_stage, write_json
 from pipeline.params import load, method_params, section
 from pipeline.training.data import read_samples
 from pipeline.training.methods_mimicking import render_aucam_figure
@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.info, info)
     log.info("aucam: %s fold %s, %d samples → %s", method, info["fold"], len(info["samples"]),
              args.out)
+    record_stage_time("aucam", stage_time_path("aucam", args.params))
     return 0
 
 

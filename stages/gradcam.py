@@ -21,7 +21,7 @@ import sys
 
 import torch
 
-from pipeline.io import start_stage, write_json
+from pipeline.io import record_stage_time, stage_time_path, start_stage, write_json
 from pipeline.params import load, section
 from pipeline.training.data import read_samples
 from pipeline.training.methods_infusenet import gradcam_columns, render_gradcam_figure
@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.info, info)
     log.info("gradcam: %s of fold %s for %d samples → %s", info["au"], info["fold"],
              len(info["samples"]), args.out)
+    record_stage_time("gradcam", stage_time_path("gradcam", args.params))
     return 0
 
 

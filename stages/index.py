@@ -26,7 +26,7 @@ from pipeline.databases.index import (
     resolve_roots,
     write_index,
 )
-from pipeline.io import start_stage
+from pipeline.io import record_stage_time, stage_time_path, start_stage
 
 log = logging.getLogger("index")
 
@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
                  s["unreadable"], s["noted"], s["dropped"], s["filtered"], r.spreadsheet.name)
     log.info("wrote %s: %d samples, %d AU columns, %d issues", args.out, len(result.samples),
              sum(c.startswith("AU") for c in result.samples.columns), len(result.issues))
+    record_stage_time("index", stage_time_path("index", args.params))
     return 0
 
 

@@ -20,7 +20,7 @@ import argparse
 import logging
 import sys
 
-from pipeline.io import start_stage
+from pipeline.io import record_stage_time, stage_time_path, start_stage
 from pipeline.magnification.oh2018 import WeightLayoutError
 from pipeline.magnification.train import run_magnifier
 from pipeline.params import ParamsError, load, section
@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ParamsError, WeightLayoutError, FileNotFoundError, ValueError) as exc:
         log.error("%s", exc)
         return 1
+    record_stage_time("magnifier", stage_time_path("magnifier", args.params))
     return 0
 
 

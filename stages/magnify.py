@@ -16,7 +16,7 @@ import logging
 import sys
 
 from pipeline.features.cache import CacheError
-from pipeline.io import start_stage
+from pipeline.io import record_stage_time, stage_time_path, start_stage
 from pipeline.magnification.magnify import run_magnify
 from pipeline.params import ParamsError, load, section
 
@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ParamsError, CacheError, FileNotFoundError, ValueError) as exc:
         log.error("%s", exc)
         return 1
+    record_stage_time("magnify", stage_time_path("magnify", args.params))
     return 0
 
 

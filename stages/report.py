@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.io import atomic_dir, start_stage
+from pipeline.io import atomic_dir, record_stage_time, stage_time_path, start_stage
 from pipeline.params import load, method_params, section
 from pipeline.reporting.report import write_report
 
@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     published = {m: method_params(params, m).get("published") for m in methods}
     with atomic_dir(args.reports) as tmp:
         write_report(args.metrics, methods, published, tmp, f"{args.metrics}/summary.json")
+    record_stage_time("report", stage_time_path("report", args.params))
     return 0
 
 

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from pipeline.assets import AssetError
-from pipeline.io import atomic_dir, start_stage
+from pipeline.io import atomic_dir, record_stage_time, stage_time_path, start_stage
 from pipeline.params import load, section
 from pipeline.standin import build_standin
 from pipeline.standin.faces import StandinError
@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "data.source is real in params.yaml: the stand-in benchmark is not built.\n",
                 encoding="utf-8")
         log.info("data.source is real: stand-in not built (%s/NOT_BUILT.md)", out)
+        record_stage_time("standin", stage_time_path("standin", args.params))
         return {"profile": None, "databases": {}}
     start = time.perf_counter()
     with atomic_dir(out) as tmp:
@@ -62,6 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
     log.info("stand-in (%s, seed %d, apex amplitudes %g–%g %% IOD): %d rows in %d databases "
              "written to %s in %.0f s", report["profile"], seed, lo, hi, rows,
              len(report["databases"]), out, time.perf_counter() - start)
+    record_stage_time("standin", stage_time_path("standin", args.params))
     return report
 
 

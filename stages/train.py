@@ -5,8 +5,9 @@
 Reads ``data/index/samples.csv``, the feature caches the method needs (``data/features/*.h5``)
 and the parameters ``config``, ``seed``, ``data.source``, ``standin.profile``, ``train`` (shared
 trainer defaults) and ``methods.<method>`` (which overrides ``train``); writes
-``models/<method>/``, ``metrics/<method>/`` and ``metrics/<method>.json`` (ARCHITECTURE.md),
-atomically.  With ``train.seeds`` (or ``methods.<method>.seeds``) a list, the method is trained
+``models/<method>/``, ``metrics/<method>/`` (with ``detail.json``, the full metrics record, and
+``stage.json``, the stage's wall time) and ``metrics/<method>.json`` (the headline numbers DVC
+shows; ARCHITECTURE.md, "Metrics files"), atomically.  With ``train.seeds`` (or ``methods.<method>.seeds``) a list, the method is trained
 once per seed and ``metrics/<method>.json`` holds the mean and ``sd`` over the seeds
 (:mod:`pipeline.training.seeds`).  The section ``execution`` (not a DVC parameter of the stage: it
 changes where the folds run, not what they compute) runs them here or as tasks on a Dask cluster
@@ -21,7 +22,7 @@ import logging
 import sys
 
 from pipeline.features.cache import CacheError
-from pipeline.io import atomic_dir, start_stage
+from pipeline.io import atomic_dir, record_stage_time, start_stage
 from pipeline.parallel import SchedulerError
 from pipeline.params import ParamsError, load, method_params, section
 from pipeline.reporting.published import published_for
@@ -59,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
                                  metrics_tmp, f"{args.metrics}/{args.method}.json",
                                  data_label(params), seeds,
                                  published.as_dict() if published else None, runner=runner)
+                record_stage_time(f"train@{args.method}", metrics_tmp / "stage.json",
+                                  seeds=[int(s) for s in seeds])
     except (ParamsError, MethodError, CacheError, TrainingError, FileNotFoundError,
             KeyError, ValueError, SchedulerError) as exc:
         # Bad parameters or inputs: one line per problem, no traceback (params.yaml's own

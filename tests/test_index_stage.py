@@ -77,7 +77,7 @@ def test_project_params_and_dvc_stage():
     assert resolve_roots(prm["data"], prm["standin"]["out"]).keys() <= set(KEYS)
     stage_def = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]["index"]
     assert stage_def["cmd"] == "python -m stages.index"
-    assert stage_def["outs"] == ["data/index"]
+    assert stage_def["outs"] == ["data/index", {"metrics/stages/index.json": {"cache": False}}]
     assert {"data", "index", "standin.out"} <= set(stage_def["params"])
 
 
@@ -266,7 +266,8 @@ def test_dvc_repro_index(tmp_path):
     assert all((repo / p).is_file() for _, r in df.iterrows() for p in frame_paths(r))
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["index"]
     assert lock["params"]["params.yaml"]["index"]["au_alternatives"] == "all"
-    assert [o["path"] for o in lock["outs"]] == ["data/index"]
+    assert [o["path"] for o in lock["outs"]] == ["data/index", "metrics/stages/index.json"]
+    assert json.loads((repo / "metrics/stages/index.json").read_text())["stage"] == "index"
 
     again = run(str(dvc), "repro", "index")
     assert again.returncode == 0 and "didn't change" in again.stdout + again.stderr

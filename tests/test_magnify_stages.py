@@ -14,7 +14,7 @@ from pipeline.features.cache import CacheError, CacheWriter, FeatureCache
 from pipeline.magnification.magnify import run_magnify
 from pipeline.magnification.oh2018 import OhMagNet, to_model_range
 from pipeline.magnification.synthetic import TextureBank, render_translated
-from pipeline.magnification.train import load_magnifier
+from pipeline.magnification.train import load_magnifier, magnifier_headline
 from pipeline.models.infusenet import draw_pseudo_apex_offsets
 from stages import magnifier as magnifier_stage
 from stages import magnify as magnify_stage
@@ -88,7 +88,11 @@ def trained(tmp_path_factory):
 def test_magnifier_stage_writes_weights_figure_and_verification_metrics(trained):
     assert sorted(p.name for p in (trained / "models").iterdir()) == [
         "oh.pt", "stmemm.pt", "verification.png"]
-    metrics = json.loads((trained / "magnifier.json").read_text())
+    # the full record beside the declared headline (ARCHITECTURE.md, "Metrics files")
+    metrics = json.loads((trained / "magnifier" / "detail.json").read_text())
+    assert json.loads((trained / "magnifier.json").read_text()) == magnifier_headline(metrics)
+    assert json.loads((trained / "metrics" / "stages" / "magnifier.json").read_text())[
+        "wall_seconds"] >= 0
     assert metrics["data"] == "synthetic" and metrics["config"] == "quick"
     assert metrics["verification"]["target"] == {"alpha": 10.0, "ratio_range": [0.8, 1.2]}
     for name in ("oh", "stmemm", "eulerian"):
@@ -117,7 +121,7 @@ def test_magnifier_stage_loads_external_weights_and_rejects_a_wrong_layout(tmp_p
     rc = magnifier_stage.main(["--params", _write_params(tmp_path / "p.yaml", params),
                                "--out", str(tmp_path / "m"), "--metrics", str(tmp_path / "j.json")])
     assert rc == 0
-    info = json.loads((tmp_path / "j.json").read_text())["oh"]["train"]
+    info = json.loads((tmp_path / "j" / "detail.json").read_text())["oh"]["train"]
     assert info["external_weights"] == str(good) and len(info["sha256"]) == 64
     loaded, _ = load_magnifier(tmp_path / "m" / "oh.pt")
     for k, v in ref.state_dict().items():
@@ -265,7 +269,7 @@ def test_magnifier_stage_starts_from_the_shipped_weights(tmp_path, capsys):
     rc = magnifier_stage.main(["--params", _write_params(tmp_path / "p.yaml", params),
                                "--out", str(tmp_path / "m"), "--metrics", str(tmp_path / "j.json")])
     assert rc == 0
-    metrics = json.loads((tmp_path / "j.json").read_text())
+    metrics = json.loads((tmp_path / "j" / "detail.json").read_text())
     assert metrics["init"] == "shipped"
     for kind in ("oh", "stmemm"):
         info = metrics[kind]["train"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import matplotlib
 import matplotlib.image as mpimg
 import numpy as np
 import pandas as pd
@@ -17,7 +18,7 @@ from pipeline.reporting.published import PUBLISHED, published_for
 from pipeline.reporting.report import ReportError, write_report
 from pipeline.training.data import read_samples
 from pipeline.training.protocols import CD6ME_AUS
-from pipeline.training.run import RunPaths, run_method
+from pipeline.training.seeds import run_method_seeds
 
 METHODS = {
     "constant_positive": ({"family": "constant", "rule": "all_positive", "task": "au",
@@ -36,15 +37,16 @@ def metrics_dir(tmp_path_factory):
     samples = read_samples(csv)
     out = root / "metrics"
     for name, (params, _) in METHODS.items():
-        paths = RunPaths(root / "models" / name, out / name, out / f"{name}.json")
-        run_method(name, params, samples, feats, paths, "standin-quick", seed=0)
+        run_method_seeds(name, params, samples, feats, root / "models" / name, out / name,
+                         out / f"{name}.json", "standin-quick", [0])
     # training curves of a trained method (two folds, three epochs)
     pd.DataFrame({"fold": ["casme"] * 3 + ["samm"] * 3, "epoch": [1, 2, 3] * 2,
                   "train_loss": [0.7, 0.5, 0.4, 0.8, 0.6, 0.5], "lr": 1e-3}).to_csv(
         out / "sssnet" / "curves.csv", index=False)
-    # and its training budget (run_method writes "epochs" for trained methods only)
-    ours = json.loads((out / "sssnet.json").read_text())
-    write_json(out / "sssnet.json", {**ours, "epochs": 6})
+    # and its training budget (run_method writes "epochs" for trained methods only); the report
+    # reads the full record, metrics/<method>/detail.json
+    ours = json.loads((out / "sssnet" / "detail.json").read_text())
+    write_json(out / "sssnet" / "detail.json", {**ours, "epochs": 6})
     return out
 
 
@@ -64,7 +66,7 @@ def test_report_tables_figures_and_summary(metrics_dir, tmp_path):
                and not t.startswith("## Figures"))
     assert "not comparable with the published numbers" in md
     # ours and the paper's side by side (SSSNet: published CD6ME average 0.405, AU4 0.875)
-    ours = json.loads((metrics_dir / "sssnet.json").read_text())
+    ours = json.loads((metrics_dir / "sssnet" / "detail.json").read_text())
     row = next(line for line in md.splitlines() if line.startswith("| sssnet |"))
     assert f"{ours['f1_mean']:.3f} / 0.405" in row
     # the training budget after the data label, "–" for a constant predictor
@@ -83,10 +85,13 @@ def test_report_tables_figures_and_summary(metrics_dir, tmp_path):
     assert "STAND-IN" in (reports / "report.html").read_text()
     # figures: real PNGs
     figs = sorted(p.name for p in (reports / "figures").glob("*.png"))
-    assert figs == ["au_f1.png", "confusion_majority_loso.png", "curves_sssnet.png"]
+    assert figs == ["au_heatmap.png", "confusion_majority_loso.png", "curves_sssnet.png"]
     for f in figs:
         img = mpimg.imread(reports / "figures" / f)
         assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+    # the methods × AUs heatmap reads at page width (the grouped bars were 4,324 px wide)
+    heat = mpimg.imread(reports / "figures" / "au_heatmap.png")
+    assert 800 < heat.shape[1] <= 1300 and heat.shape[0] < heat.shape[1]
     # plot data for dvc
     wide = pd.read_csv(reports / "au_f1.csv")
     assert list(wide["au"]) == list(CD6ME_AUS)
@@ -174,3 +179,75 @@ def test_report_shows_the_magnifier_verification_table(tmp_path):
     write_json(tmp_path / "magnifier.json", {"verification": {}})
     with pytest.raises(ReportError, match="malformed magnifier metrics"):
         magnifier_cells(tmp_path)
+
+
+def test_publish_writes_the_results_page_from_the_run(metrics_dir, tmp_path):
+    import numpy
+    import sklearn
+    from PIL import Image
+
+    from pipeline.publish import PublishError, cpu_model, publish
+
+    params = {"config": "quick", "seed": 0, "data": {"source": "standin"},
+              "standin": {"profile": "quick"}, "train": {"budget": "quick", "seeds": None},
+              "methods": {m: {**p, **({"published": k} if k else {})}
+                          for m, (p, k) in METHODS.items()}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    out, figure = tmp_path / "docs" / "results.md", tmp_path / "docs" / "figures" / "h.png"
+    args = (metrics_dir, tmp_path / "reports", tmp_path / "params.yaml", out, figure, "dvc repro")
+    with pytest.raises(PublishError, match=r"au_heatmap\.png: not found.*dvc repro report"):
+        publish(*args, check_status=False)
+    _write(metrics_dir, tmp_path)
+    stages = metrics_dir / "stages"
+    write_json(stages / "faces.json", {"stage": "faces", "wall_seconds": 125.0,
+                                       "started_utc": "2026-01-01T10:00:00Z",
+                                       "finished_utc": "2026-01-01T10:02:05Z",
+                                       "git_commit": "a" * 40, "git_modified": False})
+    write_json(stages / "report.json", {"stage": "report", "wall_seconds": 4.0,
+                                        "started_utc": "2026-01-01T10:05:00Z",
+                                        "finished_utc": "2026-01-01T10:05:04Z",
+                                        "git_commit": "a" * 40, "git_modified": False})
+    md = publish(*args, check_status=False, note="shared machine")
+    assert out.read_text() == md
+    # the committed copy: the same picture in a palette (a few colour steps at most)
+    original = mpimg.imread(tmp_path / "reports" / "figures" / "au_heatmap.png")[..., :3]
+    copy = np.asarray(Image.open(figure).convert("RGB"), dtype=float) / 255
+    assert copy.shape == original.shape and np.abs(copy - original).mean() < 0.01
+    assert figure.stat().st_size < 200_000
+    assert "do not edit by hand" in md and "STAND-IN" in md and "shared machine" in md
+    assert f"`{'a' * 40}`" in md and "uncommitted" not in md
+    assert "2026-01-01T10:05:04Z (report stage)" in md
+    assert cpu_model() in md and f"numpy {numpy.__version__}" in md
+    assert f"scikit-learn {sklearn.__version__}" in md and "h5py " in md and "torch " in md
+    assert "| `standin.profile` | `quick` |" in md and "| `train.budget` | `quick` |" in md
+    assert "| `train.seeds` | `null` |" in md
+    # the headline numbers of metrics/<method>.json, the paper's beside them
+    head = json.loads((metrics_dir / "sssnet.json").read_text())
+    row = next(line for line in md.splitlines() if line.startswith("| sssnet |"))
+    assert row.split(" | ")[2:5] == [f"{head['f1_mean']:.3f}", f"{head['f1_database_mean']:.3f}",
+                                     f"{head['auc_mean']:.3f}"] and row.endswith("| 0.405 |")
+    emo = json.loads((metrics_dir / "majority_loso.json").read_text())["results"]
+    emo_rows = [line for line in md.splitlines() if line.startswith("| majority_loso |")]
+    assert len(emo_rows) == len(emo) == 6                  # the tasks, not the breakdowns
+    assert f"| {emo['casme2-5']['uf1']:.3f} |" in next(r for r in emo_rows if "casme2-5" in r)
+    # stage times in order of start, their sum, first start to last finish
+    assert "| faces | 2 min 05 s |" in md and "| report | 4.0 s |" in md
+    assert "| **sum of stages** | 2 min 09 s |" in md and "last finish 5 min 04 s" in md
+    assert "](figures/h.png)" in md
+
+
+def test_heatmap_colours_a_zero_f1_and_leaves_a_missing_auc_grey(tmp_path):
+    from pipeline.reporting.plots import plot_au_heatmap
+
+    f1 = {"a": {au: 0.0 for au in CD6ME_AUS}}
+    auc = {"a": {au: (None if au == "AU1" else 1.0) for au in CD6ME_AUS}}
+    img = mpimg.imread(plot_au_heatmap(f1, auc, CD6ME_AUS, "t", tmp_path / "h.png"))[..., :3]
+    pixels = img.reshape(-1, 3).astype(float)
+
+    def count(colour) -> int:
+        return int((np.abs(pixels - np.asarray(colour[:3])).max(axis=1) < 0.01).sum())
+
+    viridis = matplotlib.colormaps["viridis"]
+    # F1 0 is dark purple (11 AUs + the mean), AUC 1 yellow, the AU without an AUC grey
+    assert count(viridis(0.0)) > 11 * count((0.933, 0.933, 0.933)) > 0
+    assert count(viridis(1.0)) > 10 * count((0.933, 0.933, 0.933))

@@ -80,7 +80,7 @@ def _stage(where: Path, method: dict, execution: dict, synth, monkeypatch,
 
 
 def _outputs(root: Path) -> dict[str, object]:
-    """Every output file, by path: JSON parsed (timing fields dropped), checkpoints as tensors,
+    """Every output file, by path: JSON parsed (timing fields and stage.json's clock dropped), checkpoints as tensors,
     dvclive's TSVs without their timestamps, others as bytes."""
     out: dict[str, object] = {}
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
@@ -91,6 +91,9 @@ def _outputs(root: Path) -> dict[str, object]:
             data = json.loads(path.read_text())
             if isinstance(data, dict):
                 data.pop("seconds", None)
+                if path.name == "stage.json":  # the stage's own wall-time record
+                    for key in ("wall_seconds", "started_utc", "finished_utc"):
+                        data.pop(key, None)
             out[rel] = data
         elif path.suffix == ".pt":
             ckpt = torch.load(path, weights_only=False)

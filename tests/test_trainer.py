@@ -482,9 +482,10 @@ def test_train_stage_cli(synth, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = ["cp", "--samples", "samples.csv", "--features", str(feats)]
     assert train_stage.main(args) == 0
-    out = json.loads(Path("metrics/cp.json").read_text())
+    out = json.loads(Path("metrics/cp/detail.json").read_text())   # the full record
     assert out["data"] == "standin-tiny"
     assert out["paper"]["f1_mean"] == pytest.approx(0.405)
+    assert "paper" not in json.loads(Path("metrics/cp.json").read_text())  # the headline
     assert Path("metrics/cp/predictions.csv").is_file() and Path("models/cp/run.json").is_file()
     params["config"] = "paper"  # the one switch: the method's paper: block applies
     Path("params.yaml").write_text(yaml.safe_dump(params))

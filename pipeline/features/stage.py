@@ -227,7 +227,7 @@ def stage_cli(stage: str, description: str, inputs: Mapping[str, str],
 
     from pipeline.assets import AssetError
     from pipeline.features.cache import CacheError
-    from pipeline.io import start_stage
+    from pipeline.io import record_stage_time, stage_time_path, start_stage
     from pipeline.params import ParamsError, load
 
     defaults = {**inputs, "out": f"data/features/{stage}.h5",
@@ -238,10 +238,12 @@ def stage_cli(stage: str, description: str, inputs: Mapping[str, str],
         ap.add_argument(f"--{name}", default=default, help=f"(default: {default})")
     args = vars(ap.parse_args(argv))
     log = start_stage(stage)
+    params_path = args.pop("params")
     try:
-        params = load(args.pop("params"))
+        params = load(params_path)
         run(args, params)
     except (StageFailed, CacheError, AssetError, ParamsError, ValueError, FileNotFoundError) as exc:
         log.error("%s", exc)
         return 1
+    record_stage_time(stage, stage_time_path(stage, params_path))
     return 0

@@ -487,12 +487,13 @@ def run_magnifier(cfg: Mapping[str, Any], *, config: str, seed: int,
         ``models/magnifier``: ``oh.pt``, ``stmemm.pt``, ``verification.png`` (replaced
         atomically).
     metrics_path : path
-        ``metrics/magnifier.json``.
+        ``metrics/magnifier.json``: the headline (:func:`magnifier_headline`); the full record
+        goes to ``metrics/magnifier/detail.json`` (:func:`magnifier_detail_path`).
 
     Returns
     -------
     dict
-        The metrics written.
+        The full metrics record (the detail file).
 
     Raises
     ------
@@ -551,5 +552,39 @@ def run_magnifier(cfg: Mapping[str, Any], *, config: str, seed: int,
         for kind, (model, arch, info) in trained.items():
             save_magnifier(Path(tmp) / WEIGHT_FILES[kind], kind, model, arch, info)
         plot_verification(vpairs, outputs, Path(tmp) / "verification.png")
-    write_json(metrics_path, metrics)
+    write_json(magnifier_detail_path(metrics_path), metrics)
+    write_json(metrics_path, magnifier_headline(metrics))
     return metrics
+
+
+def magnifier_detail_path(metrics_path: str | os.PathLike) -> Path:
+    """``metrics/magnifier/detail.json`` beside ``metrics/magnifier.json``: the full record."""
+    return Path(metrics_path).with_suffix("") / "detail.json"
+
+
+def magnifier_headline(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The numbers DVC declares for the magnifiers: per magnifier and α the median
+    measured/expected amplification (``<name>.alpha<α>.ratio_median``) and whether every median
+    lies in the target range (``meets_target_all_alphas``); ``data``, ``config`` and ``init``.
+    IQRs, PSNR, SSIM, angle errors and the verification set-up stay in the detail file
+    (:func:`magnifier_detail_path`; ARCHITECTURE.md, "Metrics files").
+
+    Parameters
+    ----------
+    metrics : mapping
+        The full record written by :func:`run_magnifier`.
+
+    Returns
+    -------
+    dict
+    """
+    out: dict[str, Any] = {k: metrics[k] for k in ("data", "config", "init") if k in metrics}
+    for name, res in metrics.items():
+        if not isinstance(res, Mapping) or name == "verification":
+            continue
+        head = {k: {"ratio_median": v["ratio_median"]} for k, v in res.items()
+                if k.startswith("alpha") and isinstance(v, Mapping) and "ratio_median" in v}
+        if "meets_target_all_alphas" in res:
+            head["meets_target_all_alphas"] = res["meets_target_all_alphas"]
+        out[name] = head
+    return out

@@ -4,8 +4,8 @@ DVC's own Vega plots need a network connection to draw; these images do not, and
 show`` lists them (the folder is declared under ``plots:`` in ``dvc.yaml``).  Every title carries
 the data label, in capitals when the numbers come from the stand-in benchmark.
 
-* :func:`plot_au_f1` — per-AU binary F1 of every CD6ME method (grouped bars), published per-AU
-  values as markers where the paper gives them;
+* :func:`plot_au_heatmap` — methods × AUs heatmaps of binary F1 and ROC AUC of every CD6ME method
+  (the published per-AU F1 are in the report's table);
 * :func:`plot_confusions` — confusion matrices (row-normalised, counts annotated) of one emotion
   method, one panel per LOSO task;
 * :func:`plot_curves` — training loss per epoch of one method, every fold thin and the mean bold.
@@ -27,7 +27,7 @@ from sklearn.metrics import confusion_matrix  # noqa: E402
 
 from pipeline.io import atomic_path  # noqa: E402
 
-__all__ = ["data_tag", "plot_au_f1", "plot_confusions", "plot_curves"]
+__all__ = ["data_tag", "plot_au_heatmap", "plot_confusions", "plot_curves"]
 
 
 def data_tag(labels: Sequence[str]) -> str:
@@ -51,48 +51,71 @@ def _save(fig: plt.Figure, path: str | os.PathLike) -> Path:
     return path
 
 
-def plot_au_f1(f1: Mapping[str, Mapping[str, float]], aus: Sequence[str],
-               published: Mapping[str, Mapping[str, float]], tag: str,
-               path: str | os.PathLike) -> Path:
-    """Grouped bars of per-AU F1.
+def plot_au_heatmap(f1: Mapping[str, Mapping[str, float]], auc: Mapping[str, Mapping[str, float]],
+                    aus: Sequence[str], tag: str, path: str | os.PathLike) -> Path:
+    """Methods × AUs heatmaps of binary F1 (left) and ROC AUC (right), values written in the cells.
+
+    One row per method (in the given order), one column per AU plus a last ``mean`` column; both
+    colour scales span [0, 1] (viridis; missing values blank), so the two panels and two reports
+    compare by colour; a cell without a value (an AU without both classes has no AUC) stays grey.
+    Sized to read at page width (about 1,100 px wide at any method count).
 
     Parameters
     ----------
     f1 : mapping method → {AU: F1}
-        Our pooled binary F1 per AU (fractions).
+        Pooled binary F1 per AU (fractions; CD6ME, ARCHITECTURE.md "Metrics files").
+    auc : mapping method → {AU: AUC}
+        ROC AUC of the pooled scores per AU (NaN or absent where not measured).
     aus : sequence of str
-        AU order on the x axis.
-    published : mapping method → {AU: F1}
-        Published per-AU F1 of some methods (drawn as black ticks over their bars).
+        AU order of the columns.
     tag : str
-        :func:`data_tag` of the results.
+        :func:`data_tag` of the results (in the title).
     path : path
-        Output PNG.
+        Output PNG (written atomically).
 
     Returns
     -------
     Path
+
+    Raises
+    ------
+    ValueError
+        If ``f1`` is empty.
     """
     methods = list(f1)
-    fig, ax = plt.subplots(figsize=(max(8.0, 0.9 * len(aus) + 0.25 * len(aus) * len(methods)), 4.5))
-    width = 0.8 / max(1, len(methods))
-    x = np.arange(len(aus))
-    for i, m in enumerate(methods):
-        vals = [f1[m].get(au, np.nan) for au in aus]
-        pos = x - 0.4 + width * (i + 0.5)
-        mean = np.nanmean(vals) if len(vals) else np.nan
-        ax.bar(pos, vals, width, label=f"{m} (mean {mean:.3f})")
-        if m in published and published[m]:
-            ax.scatter(pos, [published[m].get(au, np.nan) for au in aus], marker="_", s=120,
-                       color="black", zorder=3)
-    if any(published.get(m) for m in methods):
-        ax.scatter([], [], marker="_", s=120, color="black", label="published (real data)")
-    ax.set_xticks(x, list(aus))
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("binary F1 (pooled over folds)")
-    ax.set_title(f"CD6ME per-AU F1 — {tag}", fontsize=10)
-    ax.legend(fontsize=7, ncol=2, loc="upper right")
-    ax.grid(axis="y", alpha=0.3)
+    if not methods:
+        raise ValueError("plot_au_heatmap: no AU method to plot")
+    cols = [*aus, "mean"]
+
+    def grid(values: Mapping[str, Mapping[str, float]]) -> np.ndarray:
+        out = np.full((len(methods), len(cols)), np.nan)
+        for i, m in enumerate(methods):
+            row = [np.nan if v is None else float(v)
+                   for v in (values.get(m, {}).get(a) for a in aus)]
+            out[i, :-1] = row
+            if np.isfinite(row).any():
+                out[i, -1] = np.nanmean(row)
+        return out
+
+    height = 1.5 + 0.28 * len(methods)
+    fig, axes = plt.subplots(1, 2, figsize=(10.0, height), sharey=True, layout="constrained")
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#eeeeee")
+    image = None
+    for ax, (name, values) in zip(axes, (("binary F1", f1), ("ROC AUC", auc)), strict=True):
+        g = grid(values)
+        image = ax.imshow(np.ma.masked_invalid(g), cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto")
+        for (r, c), v in np.ndenumerate(g):
+            if np.isfinite(v):
+                ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=6.5,
+                        color="black" if v > 0.55 else "white")
+        ax.axvline(len(aus) - 0.5, color="white", lw=2)
+        ax.set_xticks(range(len(cols)), [c.removeprefix("AU") for c in cols], fontsize=7.5)
+        ax.set_xlabel("AU", fontsize=8, labelpad=1)
+        ax.set_title(name, fontsize=9)
+        ax.tick_params(length=0)
+    axes[0].set_yticks(range(len(methods)), methods, fontsize=7.5)
+    fig.colorbar(image, ax=axes, fraction=0.025, pad=0.01)
+    fig.suptitle(f"CD6ME per-AU scores, pooled over folds — {tag}", fontsize=9)
     return _save(fig, path)
 
 

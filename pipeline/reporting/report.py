@@ -1,18 +1,21 @@
 """The comparison of every method with the published numbers beside ours.
 
-:func:`write_report` reads ``metrics/<method>.json`` of every method (and its predictions and
-training curves under ``metrics/<method>/``), and writes:
+:func:`write_report` reads the full metrics record ``metrics/<method>/detail.json`` of every
+method (``metrics/<method>.json`` holds only the headline DVC shows), its predictions and training
+curves under ``metrics/<method>/``, and writes:
 
 * ``reports/report.md`` and ``reports/report.html`` — one table for CD6ME AU detection (F1 mean,
   per-database mean and per-AU F1, "ours / paper") and one for LOSO emotion recognition
   (accuracy, UF1, UAR per database and class count, ours and the paper's), the data label of
-  every row, the magnifiers' per-α verification table of ``metrics/magnifier.json`` when it
+  every row, the magnifiers' per-α verification table of ``metrics/magnifier/detail.json`` when it
   exists (:func:`magnifier_cells`), the sources of the published numbers, and the figures;
-* ``reports/figures/*.png`` — per-AU F1 bars, confusion matrices, training curves
+* ``reports/figures/*.png`` — the methods × AUs heatmap of F1 and AUC (``au_heatmap.png``),
+  confusion matrices, training curves
   (:mod:`pipeline.reporting.plots`, Agg backend, offline);
 * ``reports/au_f1.csv`` (``au`` + one column per AU method) and ``reports/emotion.csv`` (one row
   per method and task), for ``dvc plots``;
-* ``metrics/summary.json`` — the headline numbers, for ``dvc metrics show|diff``.
+* ``metrics/summary.json`` — the headline numbers of every method beside the published ones, in
+  one file for scripts (not declared as DVC metrics: each method's ``metrics/<method>.json`` is).
 
 Every table and figure title says "STAND-IN DATA" when any shown result comes from the stand-in
 benchmark (the ``data`` field of the metrics files): stand-in scores say nothing about the real
@@ -32,14 +35,17 @@ import numpy as np
 import pandas as pd
 
 from pipeline.io import atomic_path, read_json, write_json
-from pipeline.reporting.plots import data_tag, plot_au_f1, plot_confusions, plot_curves
+from pipeline.reporting.plots import data_tag, plot_au_heatmap, plot_confusions, plot_curves
 from pipeline.reporting.published import Published, published_for
 from pipeline.training.protocols import CD6ME_AUS, EMOTION_TASKS
 
 log = logging.getLogger("report")
 
-__all__ = ["ReportError", "absent_class_folds", "au_table", "emotion_table", "load_metrics",
-           "magnifier_cells", "write_report"]
+__all__ = ["AU_HEATMAP", "ReportError", "absent_class_folds", "au_table", "emotion_table",
+           "load_metrics", "magnifier_cells", "metrics_record_path", "write_report"]
+
+#: File name (under ``reports/figures/``) of the methods × AUs heatmap of F1 and AUC.
+AU_HEATMAP = "au_heatmap.png"
 
 EMOTION_KEYS = ("accuracy", "uf1", "uar")
 
@@ -48,8 +54,19 @@ class ReportError(ValueError):
     """A metrics file is missing or not in the format of ARCHITECTURE.md."""
 
 
+def metrics_record_path(metrics_dir: str | os.PathLike, name: str) -> Path:
+    """The full metrics record of ``name``: ``metrics/<name>/detail.json``, or, for a run written
+    before the headline/detail split, ``metrics/<name>.json`` (which then held everything)."""
+    detail = Path(metrics_dir) / name / "detail.json"
+    return detail if detail.is_file() else Path(metrics_dir) / f"{name}.json"
+
+
 def load_metrics(metrics_dir: str | os.PathLike, methods: Sequence[str]) -> dict[str, dict]:
-    """Read ``metrics/<method>.json`` of every method.
+    """Read the full metrics record of every method (:func:`metrics_record_path`).
+
+    ``metrics/<method>.json`` holds only the headline numbers DVC shows; the per-AU,
+    per-database and composite per-database numbers the report needs are in
+    ``metrics/<method>/detail.json`` (ARCHITECTURE.md, "Metrics files").
 
     Raises
     ------
@@ -58,7 +75,7 @@ def load_metrics(metrics_dir: str | os.PathLike, methods: Sequence[str]) -> dict
     """
     out = {}
     for m in methods:
-        path = Path(metrics_dir) / f"{m}.json"
+        path = metrics_record_path(metrics_dir, m)
         if not path.is_file():
             raise ReportError(f"{path}: metrics of method {m!r} not found (run `dvc repro train@{m}`)")
         data = read_json(path)
@@ -216,7 +233,7 @@ def absent_class_folds(metrics_dir: str | os.PathLike, methods: Sequence[str]) -
     return pd.DataFrame(rows, columns=["task", "fold", "held_out", "classes", "methods"])
 
 
-def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
@@ -264,7 +281,10 @@ def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def magnifier_cells(metrics_dir: str | os.PathLike) -> tuple[list[str], list[list[str]]] | None:
-    """The per-α verification table of ``metrics/magnifier.json`` (None when the file is absent).
+    """The per-α verification table of the magnifier stage (None when it has not run).
+
+    Reads the full record ``metrics/magnifier/detail.json`` (or an older run's
+    ``metrics/magnifier.json``, :func:`metrics_record_path`).
 
     One row per magnifier (``oh``, ``stmemm``, ``eulerian``): per factor the median
     measured/expected amplification with its IQR and the PSNR (dB) against the ground truth, and
@@ -275,7 +295,7 @@ def magnifier_cells(metrics_dir: str | os.PathLike) -> tuple[list[str], list[lis
     ReportError
         If the file exists but lacks the per-α entries.
     """
-    path = Path(metrics_dir) / "magnifier.json"
+    path = metrics_record_path(metrics_dir, "magnifier")
     if not path.is_file():
         return None
     m = read_json(path)
@@ -339,9 +359,10 @@ def write_report(metrics_dir: str | os.PathLike, methods: Sequence[str],
 
     if len(au):
         f1 = {r["method"]: {a: r[a] for a in CD6ME_AUS} for _, r in au.iterrows()}
-        pub_au = {m: p.f1_per_au for m, p in published.items() if p and p.task == "au"}
-        plot_au_f1(f1, CD6ME_AUS, pub_au, data_tag(au["data"].tolist()), figures / "au_f1.png")
-        figure_files.append("au_f1.png")
+        auc = {r["method"]: {a: r[f"auc_{a}"] for a in CD6ME_AUS} for _, r in au.iterrows()}
+        plot_au_heatmap(f1, auc, CD6ME_AUS, data_tag(au["data"].tolist()),
+                        figures / AU_HEATMAP)
+        figure_files.append(AU_HEATMAP)
         wide = pd.DataFrame({"au": list(CD6ME_AUS)})
         for m, vals in f1.items():
             wide[m] = [round(float(vals[a]), 6) for a in CD6ME_AUS]
@@ -380,17 +401,17 @@ def write_report(metrics_dir: str | os.PathLike, methods: Sequence[str],
     parts_html = []
     if len(au):
         header, rows = _au_cells(au)
-        md += ["", f"## {au_title}", "", _markdown_table(header, rows)]
+        md += ["", f"## {au_title}", "", markdown_table(header, rows)]
         parts_html.append(f"<h2>{html.escape(au_title)}</h2>{_html_table(header, rows)}")
     if len(emo):
         header, rows = _emo_cells(emo)
-        md += ["", f"## {emo_title}", "", _markdown_table(header, rows)]
+        md += ["", f"## {emo_title}", "", markdown_table(header, rows)]
         parts_html.append(f"<h2>{html.escape(emo_title)}</h2>{_html_table(header, rows)}")
     mag = magnifier_cells(metrics_dir)
     if mag is not None:
         mag_title = ("Magnifiers: measured / expected amplification on held-out synthetic "
-                     "translations (metrics/magnifier.json)")
-        md += ["", f"## {mag_title}", "", _markdown_table(*mag)]
+                     "translations (metrics/magnifier/detail.json)")
+        md += ["", f"## {mag_title}", "", markdown_table(*mag)]
         parts_html.append(f"<h2>{html.escape(mag_title)}</h2>{_html_table(*mag)}")
     n_seeds = max([int(v) for t in (au, emo) if len(t) for v in t["n_seeds"]] or [1])
     if n_seeds > 1:
@@ -411,7 +432,7 @@ def write_report(metrics_dir: str | os.PathLike, methods: Sequence[str],
         header = ["task", "fold (held-out subject)", "classes absent from training", "methods"]
         rows = [[r["task"], f"{r['fold']} ({r['held_out']})", r["classes"], r["methods"]]
                 for _, r in absent.iterrows()]
-        md += ["", f"## {title}", "", note, "", _markdown_table(header, rows)]
+        md += ["", f"## {title}", "", note, "", markdown_table(header, rows)]
         parts_html.append(f"<h2>{html.escape(title)}</h2><p>{html.escape(note)}</p>"
                           f"{_html_table(header, rows)}")
         log.warning("report: %d LOSO folds lack a test class in training", len(absent))

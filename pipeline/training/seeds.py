@@ -11,6 +11,10 @@ run seed ``seed`` of ``params.yaml``), every run under the same folds.  Layout o
   that ``dvc metrics show|diff`` lists ``sd.<field>`` next to ``<field>``.  Aggregation is
   generic over the metric dict (:func:`aggregate_seeds`): any field a method family adds is
   averaged too.
+* ``metrics/<method>/detail.json`` — that full record (every per-AU, per-database and composite
+  per-database number, their ``sd``, the published ``paper`` block); ``metrics/<method>.json``, the
+  file DVC declares as metrics, keeps only its headline numbers (:func:`headline_metrics`), so
+  that ``dvc exp show`` and ``dvc metrics diff`` fit a screen (ARCHITECTURE.md, "Metrics files").
 * ``metrics/<method>/seeds/<seed>.json`` — each seed's own metric dict.
 * The first seed's run keeps the single-run layout (``metrics/<method>/folds/``,
   ``predictions.csv``, ``curves*.csv``, ``live/``; ``models/<method>/<fold>.pt``), so the
@@ -39,10 +43,63 @@ from pipeline.io import write_json
 
 log = logging.getLogger("train")
 
-__all__ = ["NOT_MEASURED", "SeedError", "aggregate_seeds", "resolve_seeds", "run_method_seeds"]
+__all__ = ["AU_HEADLINE", "EMOTION_HEADLINE", "NOT_MEASURED", "SeedError", "aggregate_seeds",
+           "headline_metrics", "resolve_seeds", "run_method_seeds"]
 
 #: Top-level fields that are not measured by the run (copied, never averaged).
 NOT_MEASURED: tuple[str, ...] = ("paper", "epochs")
+
+
+#: Headline fields of an AU method's declared metrics (ARCHITECTURE.md, "Metrics files").
+AU_HEADLINE: tuple[str, ...] = ("f1_mean", "auc_mean", "f1_database_mean", "n_samples")
+#: Headline fields of each emotion task's ``results.<task>`` entry.
+EMOTION_HEADLINE: tuple[str, ...] = ("uf1", "uar", "accuracy")
+#: Descriptive fields every headline keeps (strings, the training budget and the seeds).
+_HEADLINE_KEEP: tuple[str, ...] = ("task", "protocol", "data", "epochs", "seeds")
+
+
+def headline_metrics(full: Mapping[str, Any]) -> dict[str, Any]:
+    """The headline of a method's full metrics record: what ``metrics/<method>.json`` declares.
+
+    AU: ``task, protocol, data`` and ``f1_mean, auc_mean, f1_database_mean, n_samples``;
+    emotion: ``results.<task>.{uf1, uar, accuracy}`` for every task (``casme2-5``, ``composite-3``,
+    …; the per-database breakdowns ``composite-3/<db>`` stay in the detail); both keep ``epochs``,
+    ``seeds`` and the ``sd`` of the kept numbers (two or more seeds).  Keys and nesting are those of
+    the full record (ARCHITECTURE.md, "Metrics files"), so ``f1_mean`` and ``results.<task>.uf1``
+    read the same in either file.
+
+    Parameters
+    ----------
+    full : mapping
+        The full record (:func:`aggregate_seeds` or one run's dict).
+
+    Returns
+    -------
+    dict
+        A new dict; fields absent from ``full`` (``auc_mean`` of an old file) are left out.
+
+    Raises
+    ------
+    SeedError
+        If ``task`` is neither ``"au"`` nor ``"emotion"``.
+    """
+    def pick(d: Mapping[str, Any] | None) -> dict[str, Any]:
+        d = d or {}
+        if full.get("task") == "au":
+            return {k: d[k] for k in AU_HEADLINE if k in d}
+        if full.get("task") == "emotion":
+            return {"results": {t: {k: r[k] for k in EMOTION_HEADLINE if k in r}
+                                for t, r in (d.get("results") or {}).items() if "/" not in t}}
+        raise SeedError(f"metrics: 'task' must be 'au' or 'emotion', got {full.get('task')!r}")
+
+    out = {k: full[k] for k in _HEADLINE_KEEP if k in full}
+    out.update(pick(full))
+    if "sd" in full:
+        sd = pick(full["sd"])
+        if full.get("task") == "emotion":
+            sd["results"] = {t: r for t, r in sd["results"].items() if r}
+        out["sd"] = sd
+    return out
 
 
 class SeedError(ValueError):
@@ -166,7 +223,8 @@ def run_method_seeds(name: str, params: Mapping[str, Any], samples: pd.DataFrame
     models_dir, metrics_dir : path
         ``models/<method>/`` and ``metrics/<method>/`` (usually temporary folders).
     metrics_json : path
-        ``metrics/<method>.json`` (the aggregate).
+        ``metrics/<method>.json``: the headline of the aggregate (:func:`headline_metrics`); the
+        whole aggregate goes to ``metrics_dir/detail.json``.
     seeds : sequence of int
         Training seeds (:func:`resolve_seeds`); the first one's run keeps the single-run layout.
     runner : pipeline.training.execution.FoldRunner, optional
@@ -177,7 +235,7 @@ def run_method_seeds(name: str, params: Mapping[str, Any], samples: pd.DataFrame
     Returns
     -------
     dict
-        The aggregate written to ``metrics_json`` (:func:`aggregate_seeds`).
+        The aggregate written to ``detail.json`` (:func:`aggregate_seeds`).
 
     Raises
     ------
@@ -206,7 +264,8 @@ def run_method_seeds(name: str, params: Mapping[str, Any], samples: pd.DataFrame
     else:
         results = [one(i) for i in range(len(seeds))]
     aggregate = aggregate_seeds(results, seeds)
-    write_json(metrics_json, aggregate)
+    write_json(metrics_dir / "detail.json", aggregate)
+    write_json(metrics_json, headline_metrics(aggregate))
     return aggregate
 
 
