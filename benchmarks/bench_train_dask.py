@@ -5,7 +5,8 @@ a scratch folder, then runs ``python -m stages.train`` for an SSSNet CD6ME metho
 ``--seeds`` seeds + one final model per seed) twice: ``execution.backend: local`` and
 ``execution.backend: dask`` on a stage-started LocalCluster of ``--workers`` processes, both at
 ``--threads`` torch threads per fold.  Prints both wall times and whether every output file is
-the same (dvclive's timestamps and ``run.json``'s seconds excepted).  On a 2-core machine the
+the same (dvclive's timestamps, ``run.json``'s seconds and the ``stage.json`` wall-time record
+excepted).  On a 2-core machine the
 two backends use the same cores, so expect no gain there: the point of the Dask backend is a
 cluster (docs/cluster.md).
 
@@ -34,7 +35,7 @@ def _files(root: Path) -> dict[str, bytes]:
     out = {}
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root).as_posix()
-        if not p.is_file() or rel.endswith("run.json"):
+        if not p.is_file() or rel.endswith(("run.json", "stage.json")):  # wall-time records
             continue
         data = p.read_bytes()
         if p.suffix == ".tsv":  # dvclive: drop the timestamp column
