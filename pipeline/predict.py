@@ -1151,12 +1151,14 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point (``mer-predict``); returns the exit status (2 on bad input, or
     when no method could predict)."""
+    from pipeline.assets import AssetError
     from pipeline.io import atomic_path, setup_logging
     from pipeline.training.registry import MethodError
 
     args = _parser().parse_args(argv)
     setup_logging()
-    errors = (PredictError, FileNotFoundError, MethodError)
+    # bad input, a missing model or a model bundle that cannot be had: one line each, exit 2
+    errors = (PredictError, FileNotFoundError, MethodError, AssetError)
     try:
         import torch
 

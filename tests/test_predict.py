@@ -316,6 +316,32 @@ def test_predict_clear_errors(tmp_path, template_models, capsys, landmarker_mode
     assert code == 2 and "final model" in cap.err
 
 
+def test_predict_without_a_landmarker_bundle_is_one_line(tmp_path, template_models, capsys,
+                                                        monkeypatch):
+    """No verified Face Landmarker bundle (a wrong file given, none cached, no download): one
+    error line and exit 2, not a traceback."""
+    from pipeline import assets
+
+    def offline(url, dest, sha256):
+        raise assets.AssetError(f"{url}: download failed (offline)")
+
+    monkeypatch.setattr(assets, "cache_dir", lambda: tmp_path / "cache")
+    monkeypatch.setattr(assets, "download", offline)
+    monkeypatch.delenv("MER_LANDMARKER_MODEL", raising=False)
+    wrong = tmp_path / "face_landmarker.task"
+    wrong.write_bytes(b"not a model")
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for k in range(3):
+        cv2.imwrite(str(frames / f"f{k:03d}.png"), np.full((120, 160, 3), 128, np.uint8))
+    code, cap = _predict([frames, "--method", "templates_au", "--models", template_models,
+                          "--landmarker-model", wrong], capsys)
+    lines = [ln for ln in cap.err.splitlines() if ln.startswith("mer-predict: error:")]
+    assert code == 2
+    assert len(lines) == 1 and "face_landmarker.task is needed" in lines[0]
+    assert "Traceback" not in cap.err
+
+
 def test_similarity_transform_recovers_a_known_motion():
     rng = np.random.default_rng(0)
     src = rng.uniform(0, 100, size=(17, 2))
