@@ -203,6 +203,14 @@ def template_models(tmp_path_factory, faces_dir, landmarker_model):
     return models
 
 
+def _blank_frames(folder):
+    """Three uniform grey 160 × 120 frames (no face) in ``folder``."""
+    folder.mkdir()
+    for k in range(3):
+        cv2.imwrite(str(folder / f"f{k:03d}.png"), np.full((120, 160, 3), 128, np.uint8))
+    return folder
+
+
 def _predict(args, capsys):
     code = mp.main([str(a) for a in args])
     captured = capsys.readouterr()
@@ -305,10 +313,7 @@ def test_predict_clear_errors(tmp_path, template_models, capsys, landmarker_mode
     cv2.imwrite(str(one / "f001.png"), np.zeros((40, 40, 3), np.uint8))
     code, cap = _predict([one, "--method", "templates_au", "--models", template_models], capsys)
     assert code == 2 and "too short" in cap.err
-    blank = tmp_path / "blank"
-    blank.mkdir()
-    for k in range(3):
-        cv2.imwrite(str(blank / f"f{k:03d}.png"), np.full((120, 160, 3), 128, np.uint8))
+    blank = _blank_frames(tmp_path / "blank")
     code, cap = _predict([blank, "--method", "templates_au", "--models", template_models,
                           "--landmarker-model", landmarker_model], capsys)
     assert code == 2 and "no face" in cap.err
@@ -330,10 +335,7 @@ def test_predict_without_a_landmarker_bundle_is_one_line(tmp_path, template_mode
     monkeypatch.delenv("MER_LANDMARKER_MODEL", raising=False)
     wrong = tmp_path / "face_landmarker.task"
     wrong.write_bytes(b"not a model")
-    frames = tmp_path / "frames"
-    frames.mkdir()
-    for k in range(3):
-        cv2.imwrite(str(frames / f"f{k:03d}.png"), np.full((120, 160, 3), 128, np.uint8))
+    frames = _blank_frames(tmp_path / "frames")
     code, cap = _predict([frames, "--method", "templates_au", "--models", template_models,
                           "--landmarker-model", wrong], capsys)
     lines = [ln for ln in cap.err.splitlines() if ln.startswith("mer-predict: error:")]
