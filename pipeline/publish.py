@@ -57,8 +57,8 @@ from pipeline.reporting.report import (
     au_table,
     emotion_table,
     load_metrics,
+    magnifier_cells,
     markdown_table,
-    metrics_record_path,
 )
 
 log = logging.getLogger("publish")
@@ -168,20 +168,6 @@ def _run_parameters(params: Mapping[str, Any]) -> list[tuple[str, str]]:
     return [(k, json.dumps(v).strip('"')) for k, v in values]
 
 
-def _magnifier_rows(metrics_dir: Path) -> tuple[list[str], list[list[str]]] | None:
-    path = metrics_record_path(metrics_dir, "magnifier")
-    if not path.is_file():
-        return None
-    m = read_json(path)
-    names = [k for k in ("oh", "stmemm", "eulerian") if isinstance(m.get(k), dict)]
-    alphas = sorted({k for n in names for k in m[n] if k.startswith("alpha")
-                     and isinstance(m[n][k], dict)}, key=lambda k: float(k[5:]))
-    header = ["magnifier", *[f"α = {a[5:]}" for a in alphas], "all in target range"]
-    rows = [[n, *[_fmt(m[n].get(a, {}).get("ratio_median")) for a in alphas],
-             "yes" if m[n].get("meets_target_all_alphas") else "no"] for n in names]
-    return header, rows
-
-
 def publish(metrics_dir: str | os.PathLike, reports_dir: str | os.PathLike,
             params_path: str | os.PathLike, out: str | os.PathLike, figure_out: str | os.PathLike,
             command: str, methods: Sequence[str] | None = None,
@@ -289,11 +275,11 @@ def publish(metrics_dir: str | os.PathLike, reports_dir: str | os.PathLike,
                "`metrics/<method>.json`; per-database results of the composite task in "
                "`metrics/<method>/detail.json` and the report).", "",
                markdown_table(["method", "epochs", "task", "n", "UF1", "UAR", "accuracy"], rows)]
-    mag = _magnifier_rows(metrics_dir)
+    mag = magnifier_cells(metrics_dir)
     if mag is not None:
         md += ["", "## Magnifiers: median measured / expected amplification", "",
-               "On held-out synthetic translations (`metrics/magnifier.json`; IQR, PSNR and SSIM "
-               "in `metrics/magnifier/detail.json`).", "", markdown_table(*mag)]
+               "On held-out synthetic translations (`metrics/magnifier/detail.json`, the report's "
+               "table: median with its IQR, PSNR).", "", markdown_table(*mag)]
     if len(times):
         rows = [[r["stage"], _duration(r["wall_seconds"]), str(r["finished_utc"])]
                 for _, r in times.iterrows()]
