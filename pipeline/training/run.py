@@ -323,10 +323,17 @@ def _worker_store(spec: MethodSpec, sample_ids: Sequence[str], features_dir: str
     with _WORKER_STORE_LOCK:
         if key not in _WORKER_STORE:
             _WORKER_STORE.clear()
-            _WORKER_STORE[key] = FeatureStore(
-                spec.inputs, sample_ids, features_dir, preload=settings.preload,
-                flow_norm=key[4], flow_quantile=key[5])
+            _WORKER_STORE[key] = _feature_store(spec, sample_ids, features_dir,
+                                                settings.preload, params)
         return _WORKER_STORE[key]
+
+
+def _feature_store(spec: MethodSpec, sample_ids: Sequence[str], features_dir: str | os.PathLike,
+                   preload: bool, params: Mapping[str, Any]) -> FeatureStore:
+    """The method's inputs for ``sample_ids``, normalised as ``params`` say (``flow_norm``)."""
+    return FeatureStore(spec.inputs, sample_ids, features_dir, preload=preload,
+                        flow_norm=str(params.get("flow_norm", "sample")),
+                        flow_quantile=float(params.get("flow_quantile", 0.99)))
 
 
 def _store(spec: MethodSpec, sample_ids: Sequence[str], features_dir: str | os.PathLike,
@@ -336,9 +343,7 @@ def _store(spec: MethodSpec, sample_ids: Sequence[str], features_dir: str | os.P
         return None
     # with Dask workers training, this process only needs which samples the caches hold
     preload = settings.preload and not (runner is not None and runner.distributed)
-    store = FeatureStore(spec.inputs, sample_ids, features_dir, preload=preload,
-                         flow_norm=str(params.get("flow_norm", "sample")),
-                         flow_quantile=float(params.get("flow_quantile", 0.99)))
+    store = _feature_store(spec, sample_ids, features_dir, preload, params)
     if store.missing:
         log.warning("%d of %d samples lack features (first: %s); they are left out of training "
                     "and get a fallback prediction, listed in missing_features.csv",
