@@ -1,19 +1,25 @@
-"""Reading ``params.yaml`` and resolving the quick / paper switch and the quick training budget.
+"""Reading ``params.yaml`` and resolving the quick / paper switch and the training budget.
 
 Every section of ``params.yaml`` holds the quick configuration's values and may carry a
 ``paper:`` block; with the top-level ``config: paper`` the keys of that block override the
 section's own (recursively for nested mappings).  Stages call :func:`section` and never look at
 ``paper:`` themselves.
 
-Training budget (``train.budget``, ours; issue #12): a ``methods.<name>`` section may also carry a
-``learn:`` block, the longer quick budget under which that method beats the constant predictors
-on the stand-in.  With ``train.budget: learn`` (and ``config: quick``) its keys override the
-section's own before any ``paper:`` block would; with ``train.budget: quick`` (the default: the
-whole quick ``dvc repro`` within 20 minutes on 2 CPU cores) and under ``config: paper`` the
-``learn:`` blocks are ignored.  :func:`apply_budget` does this on the whole file and
-:func:`method_params` for one method; only the ``train@<method>`` stages
-depend on ``train``, so ``dvc exp run -S train.budget=learn`` re-runs the training and not the
-preprocessing.
+Training budget (``train.budget``; ours, issue #31): one rule for every learned method (every
+``methods.<name>`` whose family is not ``constant``), applied by :func:`apply_budget` under
+``config: quick``:
+
+* ``learn`` (the default): each learned method trains ``train.learn_epochs[<protocol>]`` epochs,
+  the same number of passes over the same training folds for every method of a protocol
+  (``cd6me`` or ``loso``): equal sample-epochs, so equal optimiser steps at equal batch sizes.
+  A method section that sets its own ``epochs`` keeps it (a user's experiment; the shipped file
+  sets none, ``tests/test_core.py`` checks it).
+* ``smoke``: every learned method trains ``train.smoke_epochs`` (default 1) epochs, whatever its
+  section says: a check that everything runs, not a result.
+
+Under ``config: paper`` the budget is ignored and the methods' ``paper:`` blocks give the papers'
+epochs.  Only the ``train@<method>`` stages depend on ``train``, so
+``dvc exp run -S train.budget=smoke`` re-runs the training and not the preprocessing.
 
 :func:`load` checks the whole file against :mod:`pipeline.params_schema` (unknown keys, types,
 ranges; both configurations) before a stage does any work.  ``./mer`` runs the same check before
@@ -33,8 +39,12 @@ from typing import Any
 import yaml
 
 CONFIGS = ("quick", "paper")
-#: Values of ``train.budget``: the methods' own quick values, or their ``learn:`` blocks.
-BUDGETS = ("quick", "learn")
+#: Values of ``train.budget`` (:func:`apply_budget`); the first is the default.
+BUDGETS = ("learn", "smoke")
+#: ``train.learn_epochs`` when the file gives none (the shipped file states its own).
+LEARN_EPOCHS = {"cd6me": 10, "loso": 8}
+#: The keys of ``train`` that describe the budget rather than the trainer.
+BUDGET_KEYS = ("budget", "learn_epochs", "smoke_epochs")
 
 
 class ParamsError(ValueError):
@@ -73,63 +83,78 @@ def load(path: str | os.PathLike = "params.yaml", validate: bool = True) -> dict
 def errors(params: Mapping[str, Any]) -> list[str]:
     """Every error of ``params`` against :mod:`pipeline.params_schema`, one line each.
 
-    The file is resolved for both configurations and both training budgets; an error that only
-    the ``paper:`` blocks cause ends in ``(config: paper)``, one that only the methods' ``learn:``
-    blocks cause in ``(train.budget: learn)``.
+    The file is resolved for both configurations (under its own training budget, and its
+    ``train`` section is checked as written); an error that only the ``paper:`` blocks cause ends
+    in ``(config: paper)``.
     """
     from pipeline.params_schema import check
 
+    train = params.get("train")
+    raw = check({"train": resolve(train, "quick")}) if isinstance(train, Mapping) else []
+    if raw:  # e.g. an unknown budget: resolving the methods under it would fail with less detail
+        return raw
     try:
-        learned = apply_budget(dict(params, config="quick"), "learn")
-    except ParamsError as exc:  # a learn: block that is not a mapping
+        base = apply_budget(params)
+    except ParamsError as exc:  # a learn: block, a learn_epochs without the method's protocol
         return [str(exc)]
-    base = apply_budget(params, "quick")
     quick = check(resolve(base, "quick"))
     paper = [e for e in check(resolve(base, "paper")) if e not in quick]
-    learn = [e for e in check(resolve(learned, "quick")) if e not in quick and e not in paper]
-    return (quick + [f"{e} (config: paper)" for e in paper]
-            + [f"{e} (train.budget: learn)" for e in learn])
+    return quick + [f"{e} (config: paper)" for e in paper]
 
 
 def apply_budget(params: Mapping[str, Any], budget: str | None = None) -> dict[str, Any]:
-    """A copy of the raw ``params`` with every ``methods.<name>.learn`` block applied or dropped.
+    """A copy of the raw ``params`` with the training budget's epochs set in every learned method.
 
     Parameters
     ----------
     params : mapping
         The raw parameter file (``paper:`` blocks not yet resolved).
-    budget : {"quick", "learn"}, optional
-        Default: the file's own ``train.budget`` (``"quick"`` when absent).  ``"learn"`` merges each
-        method's ``learn:`` block over its section (recursively, before ``paper:`` blocks are
-        resolved); ``"quick"`` drops the blocks.  Under ``config: paper`` the blocks are always
-        dropped: the papers' settings do not depend on the quick budget.
+    budget : {"learn", "smoke"}, optional
+        Default: the file's own ``train.budget`` (``"learn"`` when absent).  Under ``config:
+        quick``, ``"learn"`` sets ``epochs`` to ``train.learn_epochs[<protocol>]`` in every
+        learned method section that has no ``epochs`` of its own; ``"smoke"`` sets it to
+        ``train.smoke_epochs`` (1) in every learned section.  Constant predictors (``family:
+        constant``) are never touched; under ``config: paper`` nothing is.
 
     Raises
     ------
     ParamsError
-        On an unknown budget, or a ``learn:`` that is not a mapping.
+        On an unknown budget; on a method section that still has a ``learn:`` block (replaced by
+        the rule); on a learned method whose ``protocol`` has no entry in ``train.learn_epochs``.
     """
+    train = params.get("train") if isinstance(params.get("train"), Mapping) else {}
     if budget is None:
-        train = params.get("train")
-        budget = train.get("budget", "quick") if isinstance(train, Mapping) else "quick"
+        budget = train.get("budget", BUDGETS[0])
     if budget not in BUDGETS:
-        raise ParamsError(f"train.budget must be one of {BUDGETS}, got {budget!r}")
+        hint = (" (quick was renamed: learn is the default, smoke trains one epoch)"
+                if budget == "quick" else "")
+        raise ParamsError(f"train.budget must be one of {BUDGETS}, got {budget!r}{hint}")
     out = dict(params)
     methods = params.get("methods")
     if not isinstance(methods, Mapping):
         return out
-    use = budget == "learn" and params.get("config", "quick") == "quick"
+    learn_epochs = train.get("learn_epochs") or LEARN_EPOCHS
+    smoke_epochs = train.get("smoke_epochs", 1)
+    use = params.get("config", "quick") == "quick"
     merged: dict[str, Any] = {}
     for name, block in methods.items():
-        if not isinstance(block, Mapping) or "learn" not in block:
+        if isinstance(block, Mapping) and "learn" in block:
+            raise ParamsError(f"methods.{name}.learn: learn: blocks were replaced by one rule for "
+                              f"every method (train.budget, train.learn_epochs); move its other "
+                              f"keys into the section")
+        if not use or not isinstance(block, Mapping) or block.get("family") == "constant":
             merged[name] = block
             continue
-        learn = block["learn"]
-        if not isinstance(learn, Mapping):
-            raise ParamsError(f"methods.{name}.learn: expected a mapping of the section's keys, "
-                              f"got {learn!r}")
-        base = {k: v for k, v in block.items() if k != "learn"}
-        merged[name] = _merge(base, learn) if use else base
+        if budget == "smoke":
+            merged[name] = dict(block, epochs=smoke_epochs)
+        elif "epochs" in block:
+            merged[name] = block
+        else:
+            protocol = block.get("protocol")
+            if not isinstance(learn_epochs, Mapping) or protocol not in learn_epochs:
+                raise ParamsError(f"methods.{name}: train.learn_epochs has no entry for its "
+                                  f"protocol {protocol!r}")
+            merged[name] = dict(block, epochs=learn_epochs[protocol])
     out["methods"] = merged
     return out
 
@@ -161,8 +186,8 @@ def resolve(block: Mapping[str, Any], config: str) -> dict[str, Any]:
 def section(name: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The resolved section ``name`` (dotted paths allowed, e.g. ``"methods.resnet18_flow"``).
 
-    Resolved for ``config`` (``paper:`` blocks) after ``train.budget`` is applied to the
-    ``methods.<name>.learn`` blocks (:func:`apply_budget`).
+    Resolved for ``config`` (``paper:`` blocks) after the training budget has set the learned
+    methods' epochs (:func:`apply_budget`).
 
     Raises
     ------
@@ -184,9 +209,9 @@ def method_params(params: Mapping[str, Any], name: str) -> dict[str, Any]:
     """The resolved ``methods.<name>`` section merged over the shared ``train:`` section.
 
     Both are resolved for the ``config`` switch first (:func:`section`), so a method's ``paper:``
-    block and ``train.paper`` both apply under ``config: paper``, and the method's ``learn:``
-    block under ``train.budget: learn`` (:func:`apply_budget`); ``budget`` itself is not passed
-    on.  (Here rather than in :mod:`pipeline.training.run`, so that readers of the parameters,
+    block and ``train.paper`` both apply under ``config: paper``, and the training
+    budget's epochs are set first (:func:`apply_budget`); the budget keys of ``train`` are not
+    passed on.  (Here rather than in :mod:`pipeline.training.run`, so that readers of the parameters,
     such as the report stage, do not import torch.)
 
     Raises
@@ -195,7 +220,8 @@ def method_params(params: Mapping[str, Any], name: str) -> dict[str, Any]:
         If ``methods.<name>`` does not exist.
     """
     shared = section("train", params) if "train" in params else {}
-    shared.pop("budget", None)
+    for key in BUDGET_KEYS:
+        shared.pop(key, None)
     return _merge(shared, section(f"methods.{name}", params))
 
 

@@ -5,9 +5,8 @@
 (``methods.sssnet.epcohs``), a wrong type (``epochs: ten``) or an out-of-range value
 (``lr: -1``) ends in one line naming the key, never in a traceback deep in a stage or a run that
 silently uses a default.  Unknown keys are rejected with the closest valid name suggested.  The
-file is checked as resolved for both ``config: quick`` and ``config: paper`` and with the
-methods' ``learn:`` blocks applied (``train.budget: learn``), so a typo inside a ``paper:`` or
-``learn:`` block is caught in quick runs too.
+file is checked as resolved for both ``config: quick`` and ``config: paper``, so a typo inside a
+``paper:`` block is caught in quick runs too.
 
 HOW TO ADD A KEY
     A general section (data, index, faces, flow, …): add ``"key": Int(default, min=…)`` (or
@@ -281,8 +280,11 @@ SECTIONS: dict[str, Key] = {
         "batch_size": Int(16, min=1),
         "figure_samples": Int(4, min=0),
     }),
-    # budget (ours, issue #12): quick | learn = the methods' learn: blocks (pipeline/params.py)
-    "train": Map({**TRAIN_KEYS, "budget": Str("quick", choices=("quick", "learn"))}),
+    # the training budget (ours, issue #31; pipeline/params.py apply_budget): learn = every
+    # learned method trains learn_epochs[its protocol] epochs | smoke = smoke_epochs
+    "train": Map({**TRAIN_KEYS, "budget": Str("learn", choices=("learn", "smoke")),
+                  "learn_epochs": Map({"cd6me": Int(10, min=1), "loso": Int(8, min=1)}),
+                  "smoke_epochs": Int(1, min=1)}),
     "gradcam": Map({
         "au": Str("AU4", what="an AU name"), "fold": Str("casme2", what="a CD6ME fold"),
         "n_samples": Int(4, min=1), "device": DEVICE, "torch_threads": THREADS,

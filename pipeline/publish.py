@@ -164,7 +164,7 @@ def _run_parameters(params: Mapping[str, Any]) -> list[tuple[str, str]]:
     values = [("config", params.get("config")), ("seed", params.get("seed")),
               ("data.source", (params.get("data") or {}).get("source")),
               ("standin.profile", (params.get("standin") or {}).get("profile")),
-              ("train.budget", train.get("budget")), ("train.seeds", train.get("seeds"))]
+              ("train.budget", train.get("budget", "learn")), ("train.seeds", train.get("seeds"))]
     return [(k, json.dumps(v).strip('"')) for k, v in values]
 
 

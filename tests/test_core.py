@@ -39,33 +39,70 @@ def test_paper_block_overrides_only_with_paper_config(tmp_path):
         params.load(p)
 
 
-def test_learn_blocks_apply_only_under_the_learn_budget_of_the_quick_config(tmp_path):
+def test_budget_sets_one_epoch_count_per_protocol_for_every_learned_method(tmp_path):
+    """train.budget (issue #31): learn gives every learned method of a protocol the same epochs,
+    unless its section sets its own; smoke gives every learned method smoke_epochs; constants
+    and config: paper are untouched."""
     p = tmp_path / "params.yaml"
     p.write_text(
         "config: quick\n"
-        "train:\n  epochs: 3\n  budget: quick\n"
-        "methods:\n  m:\n    epochs: 1\n    model: {width: 8, depth: 2}\n"
-        "    learn: {epochs: 10, model: {width: 16}}\n"
-        "    paper: {epochs: 50}\n"
-        "  n:\n    epochs: 4\n"
+        "train:\n  epochs: 3\n  budget: learn\n  learn_epochs: {cd6me: 7, loso: 5}\n"
+        "methods:\n"
+        "  a: {family: sssnet, protocol: cd6me, model: {width: 8}, paper: {epochs: 50}}\n"
+        "  b: {family: mimicking, protocol: loso}\n"
+        "  own: {family: sssnet, protocol: cd6me, epochs: 2}\n"
+        "  c: {family: constant, protocol: cd6me}\n"
     )
-    quick = params.load(p, validate=False)
-    assert params.section("methods.m", quick) == {"epochs": 1, "model": {"width": 8, "depth": 2}}
-    learn = dict(quick, train={"epochs": 3, "budget": "learn"})
-    assert params.section("methods.m", learn) == {"epochs": 10, "model": {"width": 16, "depth": 2}}
-    assert params.section("methods.n", learn) == {"epochs": 4}
-    # the papers' settings never see the quick budget
-    for raw in (quick, learn):
-        assert params.section("methods.m", dict(raw, config="paper")) == {
-            "epochs": 50, "model": {"width": 8, "depth": 2}}
-    assert "learn" not in params.apply_budget(learn)["methods"]["m"]
-    assert quick["methods"]["m"]["learn"] == {"epochs": 10, "model": {"width": 16}}  # not mutated
-    merged = params.method_params(learn, "m")
-    assert merged["epochs"] == 10 and "budget" not in merged and "learn" not in merged
-    with pytest.raises(params.ParamsError, match="train.budget must be one of"):
-        params.section("methods.m", dict(quick, train={"budget": "long"}))
-    with pytest.raises(params.ParamsError, match="methods.n.learn: expected a mapping"):
-        params.apply_budget(dict(learn, methods={"n": {"epochs": 4, "learn": 10}}))
+    learn = params.load(p, validate=False)
+    assert params.section("methods.a", learn) == {"family": "sssnet", "protocol": "cd6me",
+                                                  "model": {"width": 8}, "epochs": 7}
+    assert params.section("methods.b", learn)["epochs"] == 5
+    assert params.section("methods.own", learn)["epochs"] == 2
+    assert "epochs" not in params.section("methods.c", learn)
+    smoke = dict(learn, train=dict(learn["train"], budget="smoke"))
+    assert [params.section(f"methods.{m}", smoke)["epochs"] for m in ("a", "b", "own")] == [1, 1, 1]
+    assert params.section("methods.a", dict(smoke, train=dict(smoke["train"], smoke_epochs=2)))[
+        "epochs"] == 2
+    # the papers' settings never see the budget
+    for raw in (learn, smoke):
+        assert params.section("methods.a", dict(raw, config="paper"))["epochs"] == 50
+        assert params.section("methods.own", dict(raw, config="paper"))["epochs"] == 2
+    assert "epochs" not in learn["methods"]["a"]  # not mutated
+    merged = params.method_params(learn, "b")
+    assert merged["epochs"] == 5 and not set(params.BUDGET_KEYS) & set(merged)
+    with pytest.raises(params.ParamsError, match="quick was renamed"):
+        params.section("methods.a", dict(learn, train={"budget": "quick"}))
+    with pytest.raises(params.ParamsError, match="methods.a.learn: learn: blocks were replaced"):
+        params.apply_budget(dict(learn, methods={"a": {"family": "sssnet", "learn": {}}}))
+    with pytest.raises(params.ParamsError, match="no entry for its protocol 'loso'"):
+        params.apply_budget(dict(learn, train={"learn_epochs": {"cd6me": 3}}))
+
+
+def test_shipped_budget_is_one_rule_and_the_seed_methods_get_the_median_steps():
+    """The shipped params.yaml: under the default learn budget every learned method of a protocol
+    has the same epochs (no section sets its own), and each of the three seed papers' methods
+    gets at least the median optimiser steps per epoch (batches of the same training fold) of
+    the other learned methods of its protocol."""
+    raw = params.load("params.yaml")
+    assert raw["train"]["budget"] == params.BUDGETS[0] == "learn"
+    learned = {m: s for m, s in raw["methods"].items() if s["family"] != "constant"}
+    assert len(learned) == 15
+    for m, s in learned.items():
+        assert "epochs" not in s, f"methods.{m} sets its own epochs"
+    for protocol in ("cd6me", "loso"):
+        mine = {m: params.method_params(raw, m) for m, s in learned.items()
+                if s["protocol"] == protocol}
+        assert {p["epochs"] for p in mine.values()} == {raw["train"]["learn_epochs"][protocol]}
+        # optimiser steps per epoch on one training fold of n samples: ceil(n / batch)
+        steps = {m: 1 / p["batch_size"] for m, p in mine.items()}
+        seed = {"ac4au", "gam_mm_mer", "mimicking"} & set(mine)
+        others = sorted(v for m, v in steps.items() if m not in seed)
+        median = others[len(others) // 2] if len(others) % 2 else sum(
+            others[len(others) // 2 - 1:len(others) // 2 + 1]) / 2
+        for m in seed:
+            assert steps[m] >= median, m
+    smoke = dict(raw, train=dict(raw["train"], budget="smoke"))
+    assert {params.method_params(smoke, m)["epochs"] for m in learned} == {1}
 
 
 def test_project_params_file_resolves_in_both_configs():

@@ -265,14 +265,14 @@ PROBES = {
     "paper block": (("methods", "sssnet", "paper", "batch_sise"), 8,
                     "methods.sssnet.batch_sise: unknown key; did you mean 'batch_size'? "
                     "(config: paper)"),
-    "learn block": (("methods", "infusenet", "learn", "epochz"), 10,
-                    "methods.infusenet.epochz: unknown key; did you mean 'epochs'? "
-                    "(train.budget: learn)"),
     "budget": (("train", "budget"), "long",
-               "train.budget: expected quick | learn, got 'long'"),
-    "learn not a mapping": (("methods", "sssnet", "learn"), 10,
-                            "methods.sssnet.learn: expected a mapping of the section's keys, "
-                            "got 10"),
+               "train.budget: expected learn | smoke, got 'long'"),
+    "budget epochs": (("train", "learn_epochs", "loso"), 0,
+                      "train.learn_epochs.loso: expected an integer >= 1, got 0"),
+    "learn block": (("methods", "sssnet", "learn"), {"epochs": 10},
+                    "methods.sssnet.learn: learn: blocks were replaced by one rule for every "
+                    "method (train.budget, train.learn_epochs); move its other keys into the "
+                    "section"),
     "amplitude scale": (("standin", "amplitude_scale"), 0,
                         "standin.amplitude_scale: expected a number > 0, got 0"),
     "null": (("faces", "sizes"), None, "faces.sizes: expected a list, got null"),

@@ -189,7 +189,7 @@ def test_publish_writes_the_results_page_from_the_run(metrics_dir, tmp_path):
     from pipeline.publish import PublishError, cpu_model, publish
 
     params = {"config": "quick", "seed": 0, "data": {"source": "standin"},
-              "standin": {"profile": "quick"}, "train": {"budget": "quick", "seeds": None},
+              "standin": {"profile": "quick"}, "train": {"budget": "learn", "seeds": None},
               "methods": {m: {**p, **({"published": k} if k else {})}
                           for m, (p, k) in METHODS.items()}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
@@ -219,7 +219,7 @@ def test_publish_writes_the_results_page_from_the_run(metrics_dir, tmp_path):
     assert "2026-01-01T10:05:04Z (report stage)" in md
     assert cpu_model() in md and f"numpy {numpy.__version__}" in md
     assert f"scikit-learn {sklearn.__version__}" in md and "h5py " in md and "torch " in md
-    assert "| `standin.profile` | `quick` |" in md and "| `train.budget` | `quick` |" in md
+    assert "| `standin.profile` | `quick` |" in md and "| `train.budget` | `learn` |" in md
     assert "| `train.seeds` | `null` |" in md
     # the headline numbers of metrics/<method>.json, the paper's beside them
     head = json.loads((metrics_dir / "sssnet.json").read_text())

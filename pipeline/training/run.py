@@ -10,8 +10,8 @@ predictor), and writes:
   emotion: ``{"task": "emotion", "protocol": "loso", "data", "results": {"casme2-5": {"accuracy",
   "uf1", "uar", "n_samples"}, …, "composite-3": {…}, "composite-3/casme2": {…}, …}}`` (the
   composite is also reported per database, on its pooled predictions restricted to that database);
-  a trained method's file also has ``"epochs"``, its training budget (``train.budget`` quick or
-  learn, :mod:`pipeline.params`), so that ``dvc metrics diff`` and the report show it;
+  a trained method's file also has ``"epochs"``, its training budget (``train.budget`` learn or
+  smoke, :mod:`pipeline.params`), so that ``dvc metrics diff`` and the report show it;
 * ``metrics/<method>/folds/<fold>.json`` — the same fields for that fold (plus ``fold``,
   ``held_out``, ``n_train``, ``selected_epoch``, ``seed``; LOSO also
   ``classes_absent_from_training``: classes of the test part with no training sample);
