@@ -18,6 +18,7 @@ from pipeline.models.mimicking import (
     AreaWeightedModule,
     MimickingConfig,
     MimickingNet,
+    MimickingOutput,
     ShuffleAttention,
     au_cam,
 )
@@ -30,7 +31,8 @@ from pipeline.training.methods_mimicking import (
     render_aucam_figure,
     wscl_loss,
 )
-from pipeline.training.registry import MethodError, build_method
+from pipeline.training.protocols import Fold
+from pipeline.training.registry import FoldContext, MethodError, build_method
 from pipeline.training.run import RunPaths, run_method
 
 SIZE = 32
@@ -161,6 +163,172 @@ def test_shuffle_attention_learns_one_set_of_weights_per_group():
     with pytest.raises(ValueError, match="divisible"):
         ShuffleAttention(12, groups=4)
 
+
+
+# ---------------------------------------------------------------- the authors' regularisation
+# (model/samer.py and train.py of their public code; pipeline/models/mimicking.py)
+
+#: every regularisation switch off: the network as it was before them (commit 9ced99f)
+OFF = {"dropout": 0.0, "backbone_dropout": 0.0, "awm_dropout": 0.0, "feature_dropout": 0.0,
+       "layer_norm": False, "l2_normalise": False, "awm_detach": False}
+SMALL = {"n_classes": 3, "width": 4, "awm_hidden": 8, "sa_groups": 2, "head_hidden": 8}
+
+
+def _dropout_io(net, x):
+    """Input and output of every Dropout module of one forward pass, by module name."""
+    seen, hooks = {}, []
+    for name, mod in net.named_modules():
+        if isinstance(mod, torch.nn.Dropout):
+            hooks.append(mod.register_forward_hook(
+                lambda m, i, o, name=name: seen.__setitem__(name, (m.p, i[0].detach(),
+                                                                   o.detach()))))
+    net(x)
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+def test_authors_dropout_sits_on_the_named_modules_and_acts_only_in_training():
+    torch.manual_seed(0)
+    # defaults: the authors' values; wide enough heads to count the dropped share
+    net = MimickingNet(MimickingConfig(**{**SMALL, "head_hidden": 64, "awm_hidden": 64}))
+    x = torch.rand(16, 3, 64, 64)
+    seen = _dropout_io(net.train(), x)
+    expected = {"base.5": 0.2, "base.7": 0.2,              # after layer1, after layer2
+                "branch_eyes.2": 0.2, "branch_mouth.2": 0.2,   # after layer3 (+ SA)
+                "head_eyes.3": 0.3, "head_mouth.3": 0.3, "awm.drop": 0.3}
+    assert {k: v[0] for k, v in seen.items()} == expected
+    assert isinstance(net.base[4], torch.nn.Sequential) and isinstance(net.base[6],
+                                                                       torch.nn.Sequential)
+    assert isinstance(net.branch_eyes[1], ShuffleAttention)   # layer3 → SA → dropout → layer4
+    assert isinstance(net.branch_eyes[3][0].conv1, torch.nn.Conv2d)
+    for name, (p, inp, out) in seen.items():
+        live = inp != 0
+        kept = live & (out != 0)
+        dropped = (live & (out == 0)).float().sum() / live.float().sum()
+        assert torch.allclose(out[kept], inp[kept] / (1 - p), rtol=1e-5), name
+        assert abs(float(dropped) - p) < 0.08, (name, float(dropped))
+    for name, (_p, inp, out) in _dropout_io(net.eval(), x).items():
+        assert torch.equal(inp, out), name
+
+
+def test_au_feature_is_l2_normalised_then_dropped_in_training_only():
+    torch.manual_seed(0)
+    net = MimickingNet(MimickingConfig(**SMALL))
+    x_f = torch.randn(6, 64) * 3
+    z = torch.nn.functional.normalize(x_f, dim=1)
+    net.eval()
+    assert torch.allclose(net._au_feature(x_f), z)
+    assert torch.allclose(net(torch.rand(2, 3, 32, 32)).features.norm(dim=1), torch.ones(2))
+    net.train()
+    out = net._au_feature(x_f)
+    kept = out != 0
+    assert 0 < int((~kept).sum()) < out.numel() // 2
+    assert torch.allclose(out[kept], z[kept] / 0.9)
+
+
+def test_branch_features_have_unit_l2_norm_and_feed_the_awm_detached():
+    torch.manual_seed(0)
+    net = MimickingNet(MimickingConfig(**SMALL)).eval()
+    a_e, a_m = net.branch_maps(torch.rand(3, 3, 32, 32) * 5)
+    x_e, x_m = net.branch_features(a_e, a_m)
+    assert torch.allclose(x_e.norm(dim=1), torch.ones(3), atol=1e-6)
+    assert torch.allclose(x_m.norm(dim=1), torch.ones(3), atol=1e-6)
+    assert torch.allclose(x_e, torch.nn.functional.normalize(a_e.mean(dim=(2, 3)), dim=1))
+    # the heads see X_b ⊙ weight (not re-normalised)
+    _, (xe_w, xm_w) = net.head(a_e, a_m)
+    _, weight = net.awm(x_e, x_m)
+    assert torch.allclose(torch.cat([xe_w, xm_w], 1), torch.cat([x_e, x_m], 1) * weight)
+    # awm_detach: no gradient reaches the branch features through the weights
+    for detach in (True, False):
+        awm = AreaWeightedModule(dim=4, hidden=6, detach=detach).eval()
+        xe, xm = torch.randn(2, 4, requires_grad=True), torch.randn(2, 4, requires_grad=True)
+        awm(xe, xm)[1].sum().backward()
+        assert (xe.grad is None or not xe.grad.any()) == detach
+        assert awm.fc1.weight.grad.abs().sum() > 0
+
+
+def test_layer_norm_follows_the_first_linear_layer_of_each_head_and_both_of_the_awm():
+    torch.manual_seed(0)
+    net = MimickingNet(MimickingConfig(**SMALL))
+    for head in (net.head_eyes, net.head_mouth):
+        assert [type(m).__name__ for m in head] == ["Linear", "LayerNorm", "ReLU", "Dropout",
+                                                    "Linear"]
+        assert head[1].normalized_shape == (8,)
+    assert net.awm.norm1.normalized_shape == (8,) and net.awm.norm2.normalized_shape == (64,)
+    normed = []
+    h = net.head_eyes[1].register_forward_hook(
+        lambda m, i, o: normed.append(o.detach().clone()))     # before the in-place ReLU
+    net.eval()(torch.rand(5, 3, 32, 32))
+    h.remove()
+    assert torch.allclose(normed[0].mean(1), torch.zeros(5), atol=1e-5)
+    assert torch.allclose(normed[0].var(1, unbiased=False), torch.ones(5), atol=1e-2)
+
+
+def _loss_of(params, logits_e, logits_m, y, train_targets):
+    spec = build_method("m", params)
+    fold = Fold("f", "s", "samm-3", np.zeros(0, np.int64), np.zeros(0, np.int64))
+    ctx = FoldContext(method="m", task="emotion", fold=fold, n_outputs=3,
+                      class_names=("negative", "positive", "surprise"),
+                      train_targets=np.asarray(train_targets), train_subjects=(), seed=0,
+                      params=params, device=torch.device("cpu"))
+    out = MimickingOutput(logits_e, logits_e, logits_m, torch.zeros(len(y), 4))
+    return float(spec.build_loss(ctx)(out, {"target": torch.tensor(y), "aus": None}))
+
+
+def test_label_smoothing_changes_the_loss_as_torch_defines_it():
+    logits_e = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]])
+    logits_m = torch.tensor([[0.0, 1.0, 0.0], [-2.0, 0.0, 3.0]])
+    y = [0, 2]
+    w = np.array([1.0, 3.0, 1.5])                   # class counts 3, 1, 2: w_c = max n / n_c
+
+    def smoothed_ce(logits, eps):
+        # PyTorch's label_smoothing with class weights: per sample
+        # (1 - eps) w_y (-log p_y) + eps / K * sum_c w_c (-log p_c), over sum_i w_y_i
+        nll = -np.log(np.exp(logits) / np.exp(logits).sum(1, keepdims=True))
+        per = [(1 - eps) * w[t] * nll[i, t] + eps / 3 * (w * nll[i]).sum()
+               for i, t in enumerate(y)]
+        return sum(per) / w[y].sum()
+
+    params = {**TINY, "wscl_lambda": 0.0}
+    targets = [0, 0, 0, 1, 2, 2]
+    for eps in (0.0, 0.1, 0.3):
+        got = _loss_of({**params, "label_smoothing": eps}, logits_e, logits_m, y, targets)
+        want = smoothed_ce(logits_e.numpy(), eps) + smoothed_ce(logits_m.numpy(), eps)
+        assert got == pytest.approx(want, rel=1e-5)
+    # the default is the authors' 0.1
+    assert _loss_of(params, logits_e, logits_m, y, targets) == pytest.approx(
+        smoothed_ce(logits_e.numpy(), 0.1) + smoothed_ce(logits_m.numpy(), 0.1), rel=1e-5)
+    assert smoothed_ce(logits_e.numpy(), 0.1) != pytest.approx(smoothed_ce(logits_e.numpy(), 0))
+
+
+@pytest.mark.parametrize("dual, awm, n_keys, digest, first_row", [
+    (True, True, 208, "8de42815c97d2255", [-0.9564, -1.2161, -1.1415]),
+    (False, False, 132, "5a52688a7403ae06", [-1.0018, -1.0385, -1.2772])])
+def test_switches_off_restore_the_network_without_the_regularisation(dual, awm, n_keys, digest,
+                                                                     first_row):
+    """Names, shapes and (seed 0) outputs of the network before the regularisation (9ced99f's
+    code, the same configuration and seeds)."""
+    import hashlib
+
+    torch.manual_seed(0)
+    net = MimickingNet(MimickingConfig(**SMALL, dual=dual, awm=awm, **OFF))
+    sd = net.state_dict()
+    desc = ";".join(f"{k}:{tuple(v.shape)}" for k, v in sd.items())
+    assert (len(sd), hashlib.sha256(desc.encode()).hexdigest()[:16]) == (n_keys, digest)
+    assert not any(isinstance(m, torch.nn.LayerNorm) or
+                   (isinstance(m, torch.nn.Dropout) and m.p > 0) for m in net.modules())
+    torch.manual_seed(1)
+    x = torch.rand(2, 3, 32, 32)
+    out = net(x)
+    assert torch.allclose(out.log_probs[0], torch.tensor(first_row), atol=1e-3)
+    assert torch.equal(net(x).log_probs, out.log_probs)     # training mode, yet deterministic
+    x_e, _ = net.branch_features(*net.branch_maps(x))
+    assert not torch.allclose(x_e.norm(dim=1), torch.ones(2))
+    if awm:
+        xe = x_e.detach().requires_grad_(True)
+        net.awm(xe, xe)[1].sum().backward()
+        assert xe.grad.abs().sum() > 0                      # not detached
 
 # ---------------------------------------------------------------- inputs
 
@@ -308,7 +476,9 @@ def test_ablation_switches_and_the_apex_flow_source(synth, tmp_path):
     ({"flow_source": "strain"}, "flow_source"), ({"task": "au"}, "task: emotion"),
     ({"input_size": 33}, "input_size"), ({"wscl_lambda": 1.5}, "wscl_lambda"),
     ({"model": {"width": 3, "sa_groups": 4}}, "divisible"), ({"model": {"depth": 3}}, "unknown"),
-    ({"augment": {"mixup": 1}}, "augment")])
+    ({"augment": {"mixup": 1}}, "augment"), ({"label_smoothing": 1.0}, "label_smoothing"),
+    ({"model": {"backbone_dropout": 1.0}}, "backbone_dropout"),
+    ({"model": {"layer_norm": "yes"}}, "layer_norm")])
 def test_bad_params_raise_method_error(override, message):
     with pytest.raises(MethodError, match=message):
         build_method("m", {**TINY, **override})
@@ -373,7 +543,18 @@ def test_params_and_dvc_yaml_wire_train_mimicking():
     assert paper["scheduler"] == {"name": "cosine_warm_restarts", "t0": 10, "t_mult": 2}
     assert (paper["wscl_lambda"], paper["region_replacing"]) == (0.3, 0.5)
     cfg = model_config("mimicking", paper, 5)
-    assert (cfg.width, cfg.awm_hidden, cfg.dual, cfg.awm) == (64, 1024, True, True)
+    assert (cfg.width, cfg.awm_hidden, cfg.head_hidden, cfg.dual, cfg.awm) == (64, 1024, 512,
+                                                                               True, True)
+    for resolved in (quick, paper):             # the authors' regularisation in both
+        cfg = model_config("mimicking", resolved, 3)
+        assert (cfg.dropout, cfg.backbone_dropout, cfg.awm_dropout, cfg.feature_dropout) == (
+            0.3, 0.2, 0.3, 0.1)
+        assert cfg.layer_norm and cfg.l2_normalise and cfg.awm_detach
+        assert resolved.get("label_smoothing", 0.1) == 0.1
+        # layer4 of each half is at least 2 x 2 cells at the configured input side
+        s = resolved["input_size"]
+        a_eyes, _ = MimickingNet(cfg).branch_maps(torch.zeros(1, 3, s, s))
+        assert min(a_eyes.shape[-2:]) >= 2, (s, a_eyes.shape)
     assert resolve(params["flow_mag"], "paper")["size"] == 224
     dvc = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
     assert dvc["train"]["foreach"]["mimicking"] == {"in1": "data/features/flow_mag.h5",

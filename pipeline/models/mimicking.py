@@ -15,15 +15,46 @@ Expressions", ACM MM 2022 (METHODS.md, "Annotation-mimicking dual-branch network
 * AU-CAM (Sec. 4.6.2, Eq. 12–13): Grad-CAM maps of each branch's layer4 output with the backward
   pass from max(X_b_w), stacked eyes over mouth.
 
+The authors' regularisation (not in the paper; their public code, repository
+Justin900429/mimicking-annotation-micro-expression-recognition, ``model/samer.py``), each a
+switch of :class:`MimickingConfig` whose default is the authors' value (all off: the network
+without it, parameter for parameter):
+
+* ``backbone_dropout`` (0.2): Dropout after layer1 and after layer2 of the shared base
+  (``BaseLayer.__init__``) and after layer3 of each branch (``BranchLayer.__init__``); none
+  after layer4.
+* ``l2_normalise`` (True): each branch's pooled layer4 feature X_eyes, X_mouth L2-normalised
+  (``BranchLayer.forward``) before the AWM and the heads, and X_F L2-normalised after the AWM
+  weighting (``SAMER.fusing``) for the AU alignment.  The heads see the weighted normalised
+  features X_b ⊙ weight, not re-normalised, through a plain linear layer: no scaled (cosine)
+  classifier, no temperature on the class logits.
+* ``feature_dropout`` (0.1): Dropout on the normalised X_F in training only (``SAMER.fusing``);
+  the class heads do not see it.
+* ``layer_norm`` (True): LayerNorm after the first linear layer of each head, before its ReLU
+  (``SAMER.__init__``, ``self.eyes`` / ``self.mouth``), and after both linear layers of the AWM
+  (before the ReLU and before the sigmoid, ``self.area_weight``).
+* ``dropout`` (0.3): Dropout after the ReLU of each head; ``awm_dropout`` (0.3): Dropout after the
+  ReLU of the AWM (``SAMER.__init__``).
+* ``awm_detach`` (True): the AWM computes its weights from the *detached* branch features
+  (``SAMER.fusing``): the class loss reaches the branches through X_b ⊙ weight but not through
+  the weights.
+* Label smoothing 0.1 of the cross-entropy (``train.py``, ``train_cls``) is a loss setting:
+  ``label_smoothing`` of :mod:`pipeline.training.methods_mimicking`.
+
+Where the authors' code departs from the paper and we follow the paper: their prediction sums
+the two heads' *logits* (``SAMER.predict``), the paper sums the softmax outputs (Sec. 3.6); their
+shuffle attention sits inside every residual block (``model/resnet.py``, ``BasicBlock``), with a
+softmax over the groups.
+
 Choices the paper leaves open (ours):
 
 * ``width``: channels of the stem and layer1 (ResNet18: 64, layers 64/128/256/512).  Quick runs
-  use a narrower ResNet18 (same depth, ``width`` 8 in params.yaml); random initialisation (the paper does not
-  say whether the backbone is ImageNet-initialised).
+  use a narrower ResNet18 (same depth, ``width`` 8 in params.yaml); random initialisation (the
+  paper does not say; the authors' code starts from ImageNet weights).
 * Shuffle attention after layer3 *and* layer4 of each branch, ``sa_groups`` groups (SA-Net's
   G; ours 8), per-group parameters of shape (G, C/(2G)); the channel shuffle of SA-Net.
-* Head: Linear(D, ``head_hidden``) → ReLU → Dropout(``dropout``) → Linear(head_hidden, K)
-  (hidden width not published; ours 256, quick 64).
+* Head: Linear(D, ``head_hidden``) → [LayerNorm] → ReLU → Dropout(``dropout``) →
+  Linear(head_hidden, K) (hidden width not published; the authors' code 512 = D, quick 64).
 * Without AWM the features are the concatenated branch outputs (the paper's footnote 3); the
   single-branch ablation ("sb") runs the whole image through base + one branch, with one head,
   and its pooled output is the AU feature (footnote 3).
@@ -102,7 +133,8 @@ class ShuffleAttention(nn.Module):
 
 
 class AreaWeightedModule(nn.Module):
-    """AWM (Ruan et al., Sec. 3.4, Eq. 1–3).
+    """AWM (Ruan et al., Sec. 3.4, Eq. 1–3), with the authors' regularisation as switches
+    (``model/samer.py``, ``SAMER.area_weight`` and ``SAMER.fusing``).
 
     Parameters
     ----------
@@ -110,22 +142,44 @@ class AreaWeightedModule(nn.Module):
         D, the size of each branch feature (512 for ResNet18).
     hidden : int
         h of Eq. 1 (paper 1024).
+    layer_norm : bool
+        LayerNorm after W1 (before the ReLU) and after W2 (before the sigmoid) (authors: yes).
+    dropout : float
+        Dropout after the ReLU (authors: 0.3).
+    detach : bool
+        The weights are computed from the detached features (authors: yes): no gradient flows
+        through the weights into the branches.
 
     ``forward(x_eyes, x_mouth)`` with both ``(B, D)`` returns ``(x_f, weight)``, both
-    ``(B, 2D)``: X_F = [X_eyes | X_mouth] ⊙ sigmoid(W2 ReLU(W1 [X_eyes | X_mouth] + b1) + b2)
-    (no softmax).  Split X_F with :meth:`split`.
+    ``(B, 2D)``: X_F = [X_eyes | X_mouth] ⊙ sigmoid(N2(W2 Drop(ReLU(N1(W1 [X_eyes | X_mouth])))))
+    (N the optional LayerNorms; no softmax).  Split X_F with :meth:`split`.
     """
 
-    def __init__(self, dim: int, hidden: int = 1024) -> None:
+    def __init__(self, dim: int, hidden: int = 1024, layer_norm: bool = True,
+                 dropout: float = 0.3, detach: bool = True) -> None:
         super().__init__()
         self.dim = dim
+        self.detach = detach
         self.fc1 = nn.Linear(2 * dim, hidden)
         self.fc2 = nn.Linear(hidden, 2 * dim)
+        # absent (not identity) when off, so that the parameters are the plain AWM's
+        self.norm1 = nn.LayerNorm(hidden) if layer_norm else None
+        self.norm2 = nn.LayerNorm(2 * dim) if layer_norm else None
+        self.drop = nn.Dropout(dropout) if dropout > 0 else None
 
     def forward(self, x_eyes: torch.Tensor, x_mouth: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.cat([x_eyes, x_mouth], dim=1)
-        weight = torch.sigmoid(self.fc2(F.relu(self.fc1(x))))
+        h = self.fc1(x.detach() if self.detach else x)
+        if self.norm1 is not None:
+            h = self.norm1(h)
+        h = F.relu(h)
+        if self.drop is not None:
+            h = self.drop(h)
+        h = self.fc2(h)
+        if self.norm2 is not None:
+            h = self.norm2(h)
+        weight = torch.sigmoid(h)
         return x * weight, weight
 
     def split(self, x_f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,8 +204,27 @@ class MimickingConfig:
     sa_groups : int
         Shuffle-attention groups (0: no shuffle attention).
     head_hidden : int
+        Hidden width of each head (authors' code: 512).
     dropout : float
+        Dropout after the ReLU of each head (authors: 0.3).
+    backbone_dropout : float
+        Dropout after layer1, layer2 (shared base) and layer3 (each branch) (authors: 0.2).
+    awm_dropout : float
+        Dropout after the ReLU of the AWM (authors: 0.3).
+    feature_dropout : float
+        Dropout on the normalised X_F, the AU-alignment feature, in training (authors: 0.1).
+    layer_norm : bool
+        LayerNorm after the first linear layer of each head and of the AWM and after the AWM's
+        second (authors: True).
+    l2_normalise : bool
+        Pooled branch features and X_F L2-normalised (authors: True).
+    awm_detach : bool
+        AWM weights from the detached branch features (authors: True).
     in_channels : int
+
+    Every regularisation switch off (dropouts 0, ``layer_norm``, ``l2_normalise`` and
+    ``awm_detach`` False) gives the network without the authors' regularisation, with the same
+    parameters (names and shapes) and, from the same seed, the same initial weights.
     """
 
     n_classes: int
@@ -160,9 +233,24 @@ class MimickingConfig:
     awm: bool = True
     awm_hidden: int = 1024
     sa_groups: int = 8
-    head_hidden: int = 256
-    dropout: float = 0.0
+    head_hidden: int = 512
+    dropout: float = 0.3
+    backbone_dropout: float = 0.2
+    awm_dropout: float = 0.3
+    feature_dropout: float = 0.1
+    layer_norm: bool = True
+    l2_normalise: bool = True
+    awm_detach: bool = True
     in_channels: int = 3
+
+    def __post_init__(self) -> None:
+        for key in ("dropout", "backbone_dropout", "awm_dropout", "feature_dropout"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < 1:
+                raise ValueError(f"{key} must be a probability in [0, 1), got {v!r}")
+        for key in ("layer_norm", "l2_normalise", "awm_detach", "dual", "awm"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"{key} must be true or false, got {getattr(self, key)!r}")
 
 
 class MimickingOutput(NamedTuple):
@@ -175,7 +263,8 @@ class MimickingOutput(NamedTuple):
     logits_eyes, logits_mouth : Tensor (B, K)
         The two heads' logits (single branch: both the one head's).
     features : Tensor (B, F)
-        X_F (the AU feature aligned by WSCL): 2D with or without AWM, D for one branch.
+        X_F (the AU feature aligned by WSCL): 2D with or without AWM, D for one branch;
+        L2-normalised with ``l2_normalise``, then ``feature_dropout`` in training.
     """
 
     log_probs: torch.Tensor
@@ -194,19 +283,40 @@ def _layer(inplanes: int, planes: int, blocks: int, stride: int) -> nn.Sequentia
     return nn.Sequential(*layers)
 
 
-def _branch(width: int, sa_groups: int) -> nn.Sequential:
-    """ResNet18 layer3 → SA → layer4 → SA (Table 1's branch layer)."""
+def _dropout(p: float) -> list[nn.Module]:
+    """[Dropout(p)], or nothing for p = 0 (the module indices of the network without it)."""
+    return [nn.Dropout(p)] if p > 0 else []
+
+
+def _base(cfg: MimickingConfig) -> nn.Sequential:
+    """ResNet18 stem → layer1 → [Dropout] → layer2 → [Dropout] (Table 1's base layer; the
+    dropouts: the authors' ``BaseLayer``)."""
+    w = cfg.width
+    return nn.Sequential(
+        nn.Conv2d(cfg.in_channels, w, 7, 2, 3, bias=False), nn.BatchNorm2d(w),
+        nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1),
+        _layer(w, w, 2, 1), *_dropout(cfg.backbone_dropout),
+        _layer(w, 2 * w, 2, 2), *_dropout(cfg.backbone_dropout))
+
+
+def _branch(width: int, sa_groups: int, dropout: float = 0.0) -> nn.Sequential:
+    """ResNet18 layer3 → SA → [Dropout] → layer4 → SA (Table 1's branch layer; the dropout: the
+    authors' ``BranchLayer``)."""
     mods: list[nn.Module] = [_layer(2 * width, 4 * width, 2, 2)]
     if sa_groups:
         mods.append(ShuffleAttention(4 * width, sa_groups))
+    mods += _dropout(dropout)
     mods.append(_layer(4 * width, 8 * width, 2, 2))
     if sa_groups:
         mods.append(ShuffleAttention(8 * width, sa_groups))
     return nn.Sequential(*mods)
 
 
-def _head(dim: int, hidden: int, n_classes: int, dropout: float) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+def _head(dim: int, hidden: int, n_classes: int, dropout: float,
+          layer_norm: bool = False) -> nn.Sequential:
+    """Linear → [LayerNorm] → ReLU → Dropout → Linear (the authors' ``SAMER.eyes``)."""
+    norm = [nn.LayerNorm(hidden)] if layer_norm else []
+    return nn.Sequential(nn.Linear(dim, hidden), *norm, nn.ReLU(inplace=True), nn.Dropout(dropout),
                          nn.Linear(hidden, n_classes))
 
 
@@ -228,17 +338,17 @@ class MimickingNet(nn.Module):
             raise ValueError("the Area Weighted Module needs the dual-branch network (dual: true)")
         self.cfg = cfg
         w = cfg.width
-        self.base = nn.Sequential(
-            nn.Conv2d(cfg.in_channels, w, 7, 2, 3, bias=False), nn.BatchNorm2d(w),
-            nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1),
-            _layer(w, w, 2, 1), _layer(w, 2 * w, 2, 2))
+        self.base = _base(cfg)
         self.dim = 8 * w
-        self.branch_eyes = _branch(w, cfg.sa_groups)
-        self.head_eyes = _head(self.dim, cfg.head_hidden, cfg.n_classes, cfg.dropout)
+        self.branch_eyes = _branch(w, cfg.sa_groups, cfg.backbone_dropout)
+        self.head_eyes = _head(self.dim, cfg.head_hidden, cfg.n_classes, cfg.dropout,
+                               cfg.layer_norm)
         if cfg.dual:
-            self.branch_mouth = _branch(w, cfg.sa_groups)
-            self.head_mouth = _head(self.dim, cfg.head_hidden, cfg.n_classes, cfg.dropout)
-        self.awm = AreaWeightedModule(self.dim, cfg.awm_hidden) if cfg.awm else None
+            self.branch_mouth = _branch(w, cfg.sa_groups, cfg.backbone_dropout)
+            self.head_mouth = _head(self.dim, cfg.head_hidden, cfg.n_classes, cfg.dropout,
+                                    cfg.layer_norm)
+        self.awm = (AreaWeightedModule(self.dim, cfg.awm_hidden, cfg.layer_norm, cfg.awm_dropout,
+                                       cfg.awm_detach) if cfg.awm else None)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -266,14 +376,32 @@ class MimickingNet(nn.Module):
         fe, fm = both.chunk(2, dim=0)
         return self.branch_eyes(fe), self.branch_mouth(fm)
 
+    def branch_features(self, a_eyes: torch.Tensor, a_mouth: torch.Tensor | None
+                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """X_eyes, X_mouth ``(B, D)``: the branch maps averaged over space, L2-normalised with
+        ``l2_normalise`` (the authors' ``BranchLayer.forward``); mouth None for one branch."""
+        feats = [a.mean(dim=(2, 3)) if a is not None else None for a in (a_eyes, a_mouth)]
+        if self.cfg.l2_normalise:
+            feats = [F.normalize(f, dim=1) if f is not None else None for f in feats]
+        return feats[0], feats[1]
+
+    def _au_feature(self, x_f: torch.Tensor) -> torch.Tensor:
+        """X_F as the AU alignment sees it: L2-normalised, then ``feature_dropout`` in training
+        (the authors' ``SAMER.fusing``)."""
+        if self.cfg.l2_normalise:
+            x_f = F.normalize(x_f, dim=1)
+        if self.training and self.cfg.feature_dropout > 0:
+            x_f = F.dropout(x_f, self.cfg.feature_dropout)
+        return x_f
+
     def head(self, a_eyes: torch.Tensor, a_mouth: torch.Tensor | None
              ) -> tuple[MimickingOutput, tuple[torch.Tensor, torch.Tensor | None]]:
         """Pool, weight (AWM) and classify; also returns (X_eyes_w, X_mouth_w)."""
-        x_e = a_eyes.mean(dim=(2, 3))
-        if a_mouth is None:
+        x_e, x_m = self.branch_features(a_eyes, a_mouth)
+        if x_m is None:
             logits = self.head_eyes(x_e)
-            return MimickingOutput(F.log_softmax(logits, dim=1), logits, logits, x_e), (x_e, None)
-        x_m = a_mouth.mean(dim=(2, 3))
+            return (MimickingOutput(F.log_softmax(logits, dim=1), logits, logits,
+                                    self._au_feature(x_e)), (x_e, None))
         if self.awm is not None:
             x_f, _ = self.awm(x_e, x_m)
             x_e, x_m = self.awm.split(x_f)
@@ -282,7 +410,7 @@ class MimickingNet(nn.Module):
         le, lm = self.head_eyes(x_e), self.head_mouth(x_m)
         log_probs = torch.logsumexp(torch.stack([F.log_softmax(le, 1), F.log_softmax(lm, 1)]),
                                     dim=0) - torch.log(torch.tensor(2.0, device=le.device))
-        return MimickingOutput(log_probs, le, lm, x_f), (x_e, x_m)
+        return MimickingOutput(log_probs, le, lm, self._au_feature(x_f)), (x_e, x_m)
 
     def forward(self, x: torch.Tensor) -> MimickingOutput:
         return self.head(*self.branch_maps(x))[0]

@@ -100,6 +100,7 @@ FAMILY_KEYS["mimicking"] = {
     "awm": Bool(True),
     "wscl_lambda": Float(0.3, min=0.0, max=1.0),
     "wscl_tau": Float(0.1, gt=0.0),
+    "label_smoothing": Float(0.1, min=0.0, max=0.999),
     "region_replacing": Float(0.5, min=0.0, max=1.0),
     "augment": Map({"hflip": Float(0.5, min=0.0, max=1.0), "erase": Float(0.0, min=0.0, max=1.0)}),
     "model": Free("a mapping of pipeline.models.mimicking.MimickingConfig fields"),

@@ -19,7 +19,11 @@ into ``(3, S, S)``:
   (1.5) times its mean are zeroed, then divided by 255 (:func:`flow_magnitude_image`).
 
 Training (Sec. 3.2–3.6): L = (1 − λ)·L_cls + λ·L_wscl (Eq. 8, λ = ``wscl_lambda``, 0.3), L_cls the
-class-weighted cross-entropy of both heads (Eq. 6–7, w_c = max_k n_k / n_c), L_wscl the weighted
+class-weighted cross-entropy of both heads (Eq. 6–7, w_c = max_k n_k / n_c) with label smoothing
+ε = ``label_smoothing`` (0.1: the authors' code, ``train.py``, function ``train_cls``, a
+class-weighted PyTorch cross-entropy with label smoothing 0.1; 0: the paper's plain cross-entropy),
+PyTorch's formula: per sample (1 − ε)·w_y·(−log p_y) + (ε/K)·Σ_c w_c·(−log p_c), summed and
+divided by Σ_i w_{y_i}; L_wscl the weighted
 supervised contrastive loss on X_F with Jaccard AU-set similarities (Eq. 4–5,
 :func:`wscl_loss`); Region Replacing (``region_replacing`` p = 0.5, :func:`region_replace`),
 random horizontal flip and random erasing (``augment``).
@@ -47,6 +51,7 @@ Choices the paper leaves open (ours; network choices in :mod:`pipeline.models.mi
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -347,13 +352,17 @@ def model_config(name: str, params: Mapping[str, Any], n_classes: int) -> Mimick
         On unknown keys or values the network rejects.
     """
     model = dict(params.get("model") or {})
-    known = {"width", "awm_hidden", "sa_groups", "head_hidden", "dropout"}
+    known = {f.name for f in dataclasses.fields(MimickingConfig)} - {
+        "n_classes", "dual", "awm", "in_channels"}
     unknown = sorted(set(model) - known)
     if unknown:
         raise MethodError(f"methods.{name}.model: unknown keys {unknown}; known: {sorted(known)}")
     dual = bool(params.get("dual", True))
-    cfg = MimickingConfig(n_classes=n_classes, dual=dual,
-                          awm=bool(params.get("awm", True)) and dual, **model)
+    try:
+        cfg = MimickingConfig(n_classes=n_classes, dual=dual,
+                              awm=bool(params.get("awm", True)) and dual, **model)
+    except ValueError as exc:
+        raise MethodError(f"methods.{name}.model: {exc}") from None
     if cfg.sa_groups and (4 * cfg.width) % (2 * cfg.sa_groups):
         raise MethodError(f"methods.{name}.model: 4 x width ({4 * cfg.width}) must be divisible "
                           f"by 2 x sa_groups ({cfg.sa_groups})")
@@ -394,6 +403,7 @@ def _mimicking(name: str, params: dict[str, Any]) -> MethodSpec:
                           f"got {raw!r}")
     size = int(raw)
     model_config(name, params, 2)  # validate before any data is read
+    smoothing = _number(name, params, "label_smoothing", 0.1, 0.0, 0.999)
     lam = _number(name, params, "wscl_lambda", 0.3, 0.0, 1.0)
     tau = _number(name, params, "wscl_tau", 0.1, 1e-6)
     p_rr = _number(name, params, "region_replacing", 0.5, 0.0, 1.0)
@@ -413,7 +423,7 @@ def _mimicking(name: str, params: dict[str, Any]) -> MethodSpec:
 
     def build_loss(ctx: FoldContext):
         weight = class_weights_inverse(ctx.train_targets, ctx.n_outputs).to(ctx.device)
-        ce = nn.CrossEntropyLoss(weight=weight)
+        ce = nn.CrossEntropyLoss(weight=weight, label_smoothing=smoothing)
 
         def loss(out: MimickingOutput, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
             y = batch["target"].long()
