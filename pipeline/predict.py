@@ -798,9 +798,11 @@ class ClipFeatures:
             if absent:
                 raise PredictError(f"patches.h5 needs {absent}, which its magnified.h5 "
                                    f"parameters do not produce")
+            size = int(params["size"])
             self.memo[key], _ = sample_patches(
-                faces[f"crop{int(params['size'])}/apex"], {g: magnified[d] for g, d in groups.items()},
-                int(params["patch_size"]), tuple(float(v) for v in params["fallback_box"]))
+                faces[f"crop{size}/apex"], {g: magnified[d] for g, d in groups.items()},
+                int(params["patch_size"]), tuple(float(v) for v in params["fallback_box"]),
+                onset=faces.get(f"crop{size}/onset"))
         return self.memo[key]
 
     def _flow_mag(self, k: int, faces: Mapping[str, np.ndarray],
