@@ -358,18 +358,19 @@ def test_magnify_and_patches_decode_and_landmark_stmemm_frames_of_the_listed_dat
     loso = params["magnify"]["frames_databases"]["stmemm"]
     assert sorted(loso) == sorted(params["flow_mag"]["databases"]) == ["casme2", "samm", "smic"]
     torch.manual_seed(0)
-    mags = {"oh": build_magnifier("oh", {"n_enc_resblk": 1, "n_shape_resblk": 1,
-                                         "n_dec_resblk": 1}).eval(),
+    mags = {"oh": build_magnifier("oh", {"texture_branch": False, "n_enc_resblk": 1,
+                                         "n_shape_resblk": 1, "n_dec_resblk": 1}).eval(),
             "stmemm": build_magnifier("stmemm", {"dim": 8, "encoder_depths": [1],
                                                  "decoder_depths": [1], "num_heads": 2,
                                                  "window_size": 4}).eval()}
     seen = []
     encode = mags["stmemm"].encode
     mags["stmemm"].encode = lambda x: (seen.append(x.shape[0]), encode(x))[1]
-    ids = ["casme/s1/a", "casme2/s1/a", "fourd/s2/b", "samm/s3/c", "smic/s4/d"]
+    # batches of 2: none, one and both of their samples listed
+    ids = ["casme/s1/a", "fourd/s2/b", "casme2/s1/a", "mmew/s5/e", "samm/s3/c", "smic/s4/d"]
     faces = tmp_path / "faces.h5"
     _faces_for_magnify(faces, ids)
-    cfg = {"frames": {"oh": [6], "stmemm": [5, 8]}, "batch_size": 3,
+    cfg = {"frames": {"oh": [6], "stmemm": [5, 8]}, "batch_size": 2,
            "pseudo_apex": {"max_offset": 1}}
     with torch.no_grad():
         every = magnify_faces(faces, tmp_path / "all.h5", mags, 16, cfg, torch.device("cpu"),

@@ -136,12 +136,14 @@ def _oh_outputs(model: OhMagNet, onset: torch.Tensor, apex: torch.Tensor, pseudo
         out["latent/onset_pseudo_all"] = lat
         out["latent/onset_pseudo"] = np.ascontiguousarray(lat[np.arange(b), offsets])
     sel = _rows(frame_rows, onset.shape[0], onset.device)
+    if frame_rows is not None:       # the samples whose frames are decoded (texture: optional)
+        m_on, m_ap = m_on[sel], m_ap[sel]
+        tex_ap = None if tex_ap is None else tex_ap[sel]
     for a in alphas:
+        frames = None
         if sel.numel():
-            shape_mag = model.manipulator(m_on[sel], m_ap[sel], float(a))[1]
-            frames = from_model_range(model.decoder(tex_ap[sel], shape_mag))
-        else:
-            frames = None
+            shape_mag = model.manipulator(m_on, m_ap, float(a))[1]
+            frames = from_model_range(model.decoder(tex_ap, shape_mag))
         out[f"frames/oh/alpha{_fmt(a)}/apex"] = _scattered(frames, frame_rows, onset)
     return out
 
@@ -153,8 +155,9 @@ def _stmemm_outputs(model: STMEMM, onset: torch.Tensor, apex: torch.Tensor,
     """ST-MEMM's decoded frames of one batch (of the ``frame_rows`` samples only; zero rows for
     the others)."""
     sel = _rows(frame_rows, onset.shape[0], onset.device)
-    f_on = model.encode(onset[sel]) if sel.numel() else None
-    f_ap = model.encode(apex[sel]) if sel.numel() else None
+    a_in, b_in = (onset, apex) if frame_rows is None else (onset[sel], apex[sel])
+    f_on = model.encode(a_in) if sel.numel() else None
+    f_ap = model.encode(b_in) if sel.numel() else None
     return {f"frames/stmemm/alpha{_fmt(a)}/apex": _scattered(
                 from_model_range(model.decode(model.manipulate(f_on, f_ap, float(a))))
                 if sel.numel() else None, frame_rows, onset)
