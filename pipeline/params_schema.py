@@ -274,6 +274,9 @@ SECTIONS: dict[str, Key] = {
         "latent_alpha": Float(10, min=0.0),
         "latent_kind": Str("difference", choices=("difference", "manipulated")),
         "frames": Map({"oh": List(Float(min=0.0)), "stmemm": List(Float(min=0.0))}),
+        # magnifier → databases whose samples get its decoded frames (null: all; GAM-MM-MER: LOSO)
+        "frames_databases": Map({"oh": List(Str(choices=DATABASES), nullable=True),
+                                 "stmemm": List(Str(choices=DATABASES), nullable=True)}),
         # all_offsets: also latent/onset_pseudo_all (every k = 0..max_offset; InfuseNet per-epoch draw)
         "pseudo_apex": Map({"seed": Int(0, min=0), "max_offset": Int(5, min=0),
                             "all_offsets": Bool(True)}),

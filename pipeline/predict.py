@@ -778,9 +778,14 @@ class ClipFeatures:
         window = faces[f"crop{size}/pseudo_apex"]
         plan = MagnifyPlan.from_config(params, len(window), magnifiers)
         offsets, _ = plan.offsets([self.pseudo_apex_id(iv)], len(window))
+        # a clip belongs to no database: every magnifier's frames are decoded, and marked so
+        # where the stage's cache marks them (magnify.frames_databases)
+        decoded = {kind: np.ones(1, dtype=bool)
+                   for kind, dbs in (params.get("frames_databases") or {}).items()
+                   if dbs is not None}
         out = magnify_batch(magnifiers, plan, faces[f"crop{size}/onset"][None],
                             faces[f"crop{size}/apex"][None], window[None], offsets,
-                            torch.device("cpu"))
+                            torch.device("cpu"), decoded)
         arrays = {name: arr[0] for name, arr in out.items()}
         arrays["pseudo_apex_frame"] = np.int32(used["pseudo_apex"][int(offsets[0])])
         self.memo[key] = arrays
@@ -798,9 +803,11 @@ class ClipFeatures:
             if absent:
                 raise PredictError(f"patches.h5 needs {absent}, which its magnified.h5 "
                                    f"parameters do not produce")
+            size = int(params["size"])
             self.memo[key], _ = sample_patches(
-                faces[f"crop{int(params['size'])}/apex"], {g: magnified[d] for g, d in groups.items()},
-                int(params["patch_size"]), tuple(float(v) for v in params["fallback_box"]))
+                faces[f"crop{size}/apex"], {g: magnified[d] for g, d in groups.items()},
+                int(params["patch_size"]), tuple(float(v) for v in params["fallback_box"]),
+                onset=faces.get(f"crop{size}/onset"))
         return self.memo[key]
 
     def _flow_mag(self, k: int, faces: Mapping[str, np.ndarray],

@@ -268,6 +268,214 @@ def test_scaled_difference_is_per_sample_and_maps_the_99th_percentile_to_one():
 
 
 # ---------------------------------------------------------------------------------------------
+# the project's settings: patch size, augmentation factors, database restriction, onset placement
+
+def _project_gam(config: str = "quick") -> tuple[dict, dict]:
+    from pathlib import Path
+
+    import yaml
+
+    from pipeline.params import resolve
+
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    return params, resolve(params["methods"]["gam_mm_mer"], config)
+
+
+def _ctx(n_classes: int = 3):
+    from pipeline.training.protocols import Fold
+    from pipeline.training.registry import FoldContext
+
+    return FoldContext("gam", "emotion", Fold("f", "x", "smic-3", np.arange(2), np.arange(1)),
+                       n_classes, ("a", "b", "c")[:n_classes], np.zeros(2, np.int64), (), 0, {})
+
+
+@pytest.mark.parametrize("config", ["quick", "paper"])
+def test_project_patch_size_reaches_the_model_at_the_papers_share_of_the_face(config):
+    from pipeline.params import resolve
+
+    params, gam = _project_gam(config)
+    frame_side = resolve(params["flow"], config)["size"]
+    patches = resolve(params["patches"], config)
+    # 24 px of the 112-px frame, 48 of the 224-px one: the same share as patches.patch_size
+    assert gam["model"]["patch_size"] * patches["size"] == patches["patch_size"] * frame_side
+    assert gam["model"]["patch_size"] == {"quick": 24, "paper": 48}[config]
+    spec = build_method("gam_mm_mer", gam)
+    model = spec.build_model(_ctx()).eval()
+    seen = []
+    model.cnn.register_forward_pre_hook(lambda _m, args: seen.append(tuple(args[0].shape)))
+    lm = torch.from_numpy(_template(frame_side))[None].repeat(2, 1, 1)
+    frames = torch.rand(2, 3, frame_side, frame_side)
+    assert spec.forward(model, {"frame": frames, "landmarks": lm}).shape == (2, 3)
+    p = gam["model"]["patch_size"]
+    assert seen == [(2 * len(ME_REGIONS), 3, p, p)]
+
+
+def test_project_training_draws_all_four_augmentation_factors_at_p_alpha():
+    params, gam = _project_gam()
+    assert gam["augment"]["alphas"] == [8, 10, 12, 15]          # Sect. 3.3
+    spec = build_method("gam_mm_mer", {**gam, "augment": {
+        **gam["augment"], "brightness": 0.0, "contrast": 0.0, "colour": 0.0}})
+    keys = {i.key for i in spec.inputs}
+    assert keys == {"frame", "landmarks"} | {f"{k}_alpha{a}" for a in (8, 10, 12, 15)
+                                             for k in ("frame", "landmarks")}
+    n = 2000
+    batch = {"frame": torch.full((n, 3, 2, 2), 0.05), "landmarks": torch.full((n, 68, 2), 5.0),
+             "target": torch.zeros(n)}
+    for a in (8, 10, 12, 15):
+        batch[f"frame_alpha{a}"] = torch.full((n, 3, 2, 2), a / 100)
+        batch[f"landmarks_alpha{a}"] = torch.full((n, 68, 2), float(a))
+    out = spec.train_transform(batch, torch.Generator().manual_seed(0))
+    drawn = torch.round(out["frame"][:, 0, 0, 0] * 100)
+    torch.testing.assert_close(out["landmarks"][:, 0, 0], drawn)      # frame and its points
+    counts = {int(a): int((drawn == a).sum()) for a in (5, 8, 10, 12, 15)}
+    p = gam["augment"]["p_alpha"]
+    # p_alpha of the draws at an augmentation factor, spread evenly over the four (binomial
+    # 4-sigma bounds at n = 2000)
+    assert abs(counts[5] / n - (1 - p)) < 4 * np.sqrt(p * (1 - p) / n)
+    q = p / 4
+    for a in (8, 10, 12, 15):
+        assert abs(counts[a] / n - q) < 4 * np.sqrt(q * (1 - q) / n)
+
+
+def _faces_for_magnify(path, ids, size: int = 16, window: int = 2) -> None:
+    rng = np.random.default_rng(0)
+    with CacheWriter(path, "faces", {"sizes": [size]}) as w:
+        for sid in ids:
+            onset = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+            frames = np.stack([np.roll(onset, k + 1, axis=1) for k in range(window)])
+            w.append(sid, {f"crop{size}/onset": onset, f"crop{size}/apex": frames[0],
+                           f"crop{size}/offset": onset, f"crop{size}/pseudo_apex": frames})
+
+
+def test_magnify_and_patches_decode_and_landmark_stmemm_frames_of_the_listed_databases_only(
+        tmp_path):
+    from pipeline.features.cache import FeatureCache
+    from pipeline.features.patches import run_patches
+    from pipeline.magnification.magnify import magnify_faces
+    from pipeline.magnification.train import build_magnifier
+
+    params, _ = _project_gam()
+    loso = params["magnify"]["frames_databases"]["stmemm"]
+    assert sorted(loso) == sorted(params["flow_mag"]["databases"]) == ["casme2", "samm", "smic"]
+    torch.manual_seed(0)
+    mags = {"oh": build_magnifier("oh", {"texture_branch": False, "n_enc_resblk": 1,
+                                         "n_shape_resblk": 1, "n_dec_resblk": 1}).eval(),
+            "stmemm": build_magnifier("stmemm", {"dim": 8, "encoder_depths": [1],
+                                                 "decoder_depths": [1], "num_heads": 2,
+                                                 "window_size": 4}).eval()}
+    seen = []
+    encode = mags["stmemm"].encode
+    mags["stmemm"].encode = lambda x: (seen.append(x.shape[0]), encode(x))[1]
+    # batches of 2: none, one and both of their samples listed
+    ids = ["casme/s1/a", "fourd/s2/b", "casme2/s1/a", "mmew/s5/e", "samm/s3/c", "smic/s4/d"]
+    faces = tmp_path / "faces.h5"
+    _faces_for_magnify(faces, ids)
+    cfg = {"frames": {"oh": [6], "stmemm": [5, 8]}, "batch_size": 2,
+           "pseudo_apex": {"max_offset": 1}}
+    with torch.no_grad():
+        every = magnify_faces(faces, tmp_path / "all.h5", mags, 16, cfg, torch.device("cpu"),
+                              {}, progress=False)
+        seen.clear()
+        part = magnify_faces(faces, tmp_path / "part.h5", mags, 16,
+                             {**cfg, "frames_databases": {"stmemm": loso}},
+                             torch.device("cpu"), {}, progress=False)
+    assert every["frames_computed"] == {} and part["frames_computed"] == {"stmemm": 3}
+    assert sum(seen) == 2 * 3                       # ST-MEMM encoded onset + apex of 3 samples
+    full, cut = FeatureCache(tmp_path / "all.h5", "magnified"), FeatureCache(tmp_path / "part.h5",
+                                                                          "magnified")
+    assert "frames/stmemm/computed" not in full.datasets
+    keep = np.array([s.split("/")[0] in loso for s in ids])
+    np.testing.assert_array_equal(cut.read("frames/stmemm/computed", slice(None)), keep)
+    for name in ("frames/stmemm/alpha5/apex", "frames/stmemm/alpha8/apex"):
+        np.testing.assert_array_equal(cut.read(name, np.flatnonzero(keep)),
+                                      full.read(name, np.flatnonzero(keep)))
+        assert not cut.read(name, np.flatnonzero(~keep)).any()      # not decoded: zero rows
+    for name in ("frames/oh/alpha6/apex", "latent/onset_apex"):     # every sample keeps these
+        np.testing.assert_array_equal(cut.read(name, slice(None)), full.read(name, slice(None)))
+    with pytest.raises(ValueError, match="frames_databases.stmemm must be a list"):
+        magnify_faces(faces, tmp_path / "bad.h5", mags, 16,
+                      {**cfg, "frames_databases": {"stmemm": "casme2"}}, torch.device("cpu"), {},
+                      progress=False)
+    # patches: dlib on the decoded frames only; NaN points where magnify decoded none, and the
+    # method stops on them naming the key
+    local = {"backend": "local", "n_jobs": 1, "scheduler": None}
+    run_patches(faces, {"size": 16, "patch_size": 4, "magnified": {"stmemm": [5, 8]}},
+                tmp_path / "patches.h5", tmp_path / "p.csv", local,
+                magnified_path=tmp_path / "part.h5")
+    pc = FeatureCache(tmp_path / "patches.h5", "patches")
+    for a in (5, 8):
+        pts = pc.read(f"magnified/stmemm/alpha{a}/landmarks68", slice(None))
+        assert np.isfinite(pts[keep]).all() and np.isnan(pts[~keep]).all()
+    assert np.isfinite(pc.read("onset/landmarks68", slice(None))).all()   # every sample
+    spec = next(i for i in gam_inputs("gam", {"family": "gam_mm_mer"})[0]
+                if i.dataset == "magnified/stmemm/alpha8/landmarks68")
+    assert spec.preprocess(pts[int(np.flatnonzero(keep)[0])]).dtype == np.float32
+    with pytest.raises(ValueError, match="not in magnify.frames_databases.stmemm"):
+        spec.preprocess(pts[int(np.flatnonzero(~keep)[0])])
+    for c in (full, cut, pc):
+        c.close()
+    # flow_mag on ST-MEMM frames of a database magnify left out: one error naming the key
+    from pipeline.features.cache import CacheError
+    from pipeline.features.flow_mag import run_flow_mag
+
+    with pytest.raises(CacheError, match="magnify.frames_databases.stmemm"):
+        run_flow_mag(faces, tmp_path / "part.h5", {"magnifier": "stmemm", "alpha": 5, "size": 16,
+                                                   "databases": None},
+                     {"size": 16, "tvl1": {}}, tmp_path / "fm.h5", tmp_path / "fm.csv", local)
+
+
+def test_patches_stage_detects_the_onset_landmarks_on_the_onset_crop(faces_dir):
+    from pipeline.features.patches import sample_patches
+
+    photo = cv2.imread(str(sorted((faces_dir / "neutral_front").glob("*.jpg"))[0]))[..., ::-1]
+    face = cv2.resize(photo, (128, 128), interpolation=cv2.INTER_AREA)
+    apex = np.ascontiguousarray(face[8:120, 8:120])
+    onset = np.ascontiguousarray(face[8:120, 4:116])         # the face 4 px further right
+    arrays, _ = sample_patches(apex, {}, 24, (0.06, 0.07, 0.86, 0.86), onset=onset)
+    shift = arrays["onset/landmarks68"] - arrays["landmarks68"]
+    np.testing.assert_allclose(shift.mean(axis=0), [4.0, 0.0], atol=0.5)
+    same, _ = sample_patches(apex, {}, 24, (0.06, 0.07, 0.86, 0.86), onset=apex)
+    np.testing.assert_array_equal(same["onset/landmarks68"], same["landmarks68"])
+
+
+def test_onset_placement_centres_every_frames_patches_on_the_onsets_landmarks():
+    from pipeline.training.methods_gam import onset_placement
+
+    base = {"family": "gam_mm_mer", "task": "emotion", "protocol": "loso",
+            "patch_landmarks": "onset", "crop_size": 64,
+            "augment": {"alphas": [8, 12], "p_alpha": 1.0, "brightness": 0.0, "contrast": 0.0,
+                        "colour": 0.0},
+            "model": {"patch_size": 6, "cnn_channels": [4], "hidden": 4, "heads": 2}}
+    spec = build_method("gam", base)
+    assert [(i.key, i.cache, i.dataset) for i in spec.inputs] == [
+        ("frame", "magnified", "frames/stmemm/alpha5/apex"),
+        ("landmarks", "patches", "onset/landmarks68"),
+        ("frame_alpha8", "magnified", "frames/stmemm/alpha8/apex"),
+        ("frame_alpha12", "magnified", "frames/stmemm/alpha12/apex")]
+    raw, _ = gam_inputs("gam", {**base, "magnified": False})
+    assert raw[1].dataset == "onset/landmarks68"
+    with pytest.raises(MethodError, match="patch_landmarks must be one of"):
+        build_method("gam", {**base, "patch_landmarks": "apex"})
+    # the onset's points (pixels of the 64-px onset crop) on 32-px frames at every factor
+    onset_lm = torch.from_numpy(_template(64))[None].repeat(2, 1, 1)
+    ramp = _ramp_frames(32).repeat(2, 1, 1, 1)
+    batch = {"frame": ramp, "landmarks": onset_lm, "frame_alpha8": ramp * 1.0,
+             "frame_alpha12": ramp * 1.0, "target": torch.zeros(2)}
+    out = spec.train_transform(batch, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out["landmarks"], onset_lm)          # α swapped, points kept
+    placed = onset_placement(onset_lm, 32, 64)
+    torch.testing.assert_close(placed, (onset_lm + 0.5) / 2 - 0.5)
+    model = spec.build_model(_ctx()).eval()
+    seen = []
+    model.cnn.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    spec.forward(model, out)
+    # ramp frames: channel 0 is x, channel 1 is y, so each patch's mean is its centre
+    centres = torch.stack([seen[0][:, 0].mean(dim=(1, 2)), seen[0][:, 1].mean(dim=(1, 2))], 1)
+    want = region_centres(placed, ME_REGIONS).reshape(-1, 2)
+    torch.testing.assert_close(centres, want, atol=1e-4, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------
 # end to end on synthetic caches
 
 def _template(size: int) -> np.ndarray:

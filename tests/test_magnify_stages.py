@@ -252,7 +252,8 @@ def test_project_params_build_both_magnifiers(config):
     assert st.dim == (60 if config == "paper" else 32)
     mg = P.section("magnify", raw)
     assert mg["latent_alpha"] == 10 and mg["frames"]["oh"][0] == 6
-    assert mg["frames"]["stmemm"] == ([5, 8, 10, 12, 15] if config == "paper" else [5, 15])
+    assert mg["frames"]["stmemm"] == [5, 8, 10, 12, 15]          # GAM-MM-MER: α 5 + augmentation
+    assert mg["frames_databases"] == {"stmemm": ["casme2", "samm", "smic"]}
 
 
 def test_magnifier_stage_starts_from_the_shipped_weights(tmp_path, capsys):

@@ -160,9 +160,12 @@ def test_clip_inputs_equal_the_stage_caches_for_every_family(small, landmarker_m
     model = _all_inputs_model(small)
     caches = {c: FeatureCache(small["features"] / f"{c}.h5", c) for c in CACHES}
     try:
-        # a LOSO sample (in flow_mag.h5) whose pseudo-apex offset is not 0
+        # a LOSO sample (in flow_mag.h5; ST-MEMM frames: magnify.frames_databases) whose
+        # pseudo-apex offset is not 0
         mag = caches["magnified"]
-        ids = [s for s in caches["flow_mag"].sample_ids if s in caches["patches"]]
+        loso = set(small["params"]["magnify"]["frames_databases"]["stmemm"])
+        ids = [s for s in caches["flow_mag"].sample_ids
+               if s in caches["patches"] and s.split("/", 1)[0] in loso]
         offsets = {s: int(mag.read("pseudo_apex_offset", mag.index_of(s))) for s in ids}
         sid = next(s for s in ids if offsets[s] > 0)
         feats, used = _clip_features(small, sid, model, landmarker_model)

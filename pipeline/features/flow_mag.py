@@ -168,6 +168,15 @@ def run_flow_mag(faces_path: str | os.PathLike, magnified_path: str | os.PathLik
             log.info("%d of %d samples are of flow_mag.databases %s; the other %d are not "
                      "computed", len(keep), len(ids), list(databases), len(ids) - len(keep))
             ids = keep
+        flag = f"frames/{magnifier}/computed"      # magnify.frames_databases
+        if flag in mag.datasets and ids:
+            decoded = mag.read(flag, np.array([mag.index_of(s) for s in ids]))
+            if not decoded.all():
+                first = ids[int(np.flatnonzero(decoded == 0)[0])]
+                raise CacheError(f"{mag.path}: {int((decoded == 0).sum())} samples of "
+                                 f"flow_mag.databases have no decoded {magnifier} frames (e.g. "
+                                 f"{first}); add their databases to "
+                                 f"magnify.frames_databases.{magnifier}")
         parallel = dict(parallel)
         threads = 1 if (parallel.get("backend") == "dask"
                         or resolve_n_jobs(parallel.get("n_jobs", -1)) > 1) else 0

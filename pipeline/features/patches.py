@@ -27,9 +27,19 @@ displacement, so the points are predicted on them rather than copied from the ap
 rectangle, which only places the predictor's initial shape, is the apex crop's (detected or
 fallback) scaled to the frame's side — same crop box, same face — instead of a new HOG detection:
 a third of the cost, and no detector misses on magnification artefacts (88 of 1560 quick stand-in
-frames had no HOG face).  The region patches of the recogniser are cut from the
+frames had no HOG face).  A sample whose frames the ``magnify`` stage did not decode
+(``magnify.frames_databases``: its row of ``frames/<magnifier>/computed`` is 0) gets NaN points
+and box in those groups — never landmarks of an all-zero frame; a reader that needs them stops
+there.  The region patches of the recogniser are cut from the
 frames at training time (:mod:`pipeline.training.methods_gam`), so the region set and patch size
 stay method parameters; the expensive part, dlib, runs once here.
+
+Onset landmarks (GAM-MM-MER's ablation ``patch_landmarks: onset``, ours): the 68-point predictor
+also runs once per sample on the onset crop ``crop{S}/onset`` (side ``patches.size``), in the apex
+crop's face rectangle (same crop box, same face; the predictor's fit is the onset's own), stored
+as ``onset/landmarks68`` in the onset crop's pixels.  Patches placed there cut the same facial
+area from every frame of the sample, so a displacement moves the patch's content instead of the
+patch.
 
 Layout of ``patches.h5``: docs/internals.md.
 """
@@ -141,8 +151,9 @@ def halves(crop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return crop[:h], crop[crop.shape[0] - h:]
 
 
-def sample_patches(crop: np.ndarray, magnified: Mapping[str, np.ndarray], patch_size: int,
-                   fallback_box: tuple[float, ...]) -> tuple[dict[str, np.ndarray], bool]:
+def sample_patches(crop: np.ndarray, magnified: Mapping[str, np.ndarray | None], patch_size: int,
+                   fallback_box: tuple[float, ...], onset: np.ndarray | None = None
+                   ) -> tuple[dict[str, np.ndarray], bool]:
     """The ``patches.h5`` arrays of one sample (module docstring; docs/internals.md).
 
     The one computation of the ``patches`` stage and of ``mer-predict`` on a clip
@@ -155,9 +166,13 @@ def sample_patches(crop: np.ndarray, magnified: Mapping[str, np.ndarray], patch_
     magnified : mapping
         ``patches.h5`` group (``magnified/<magnifier>/alpha<a>``, :func:`magnified_groups`) →
         the decoded magnified apex ``(S', S', 3) uint8`` whose dlib points go to
-        ``<group>/landmarks68`` and ``<group>/box``.
+        ``<group>/landmarks68`` and ``<group>/box``; None: a frame the ``magnify`` stage did not
+        decode (``magnify.frames_databases``), whose points and box are NaN.
     patch_size : int
     fallback_box : tuple of 4 float
+    onset : ndarray (S, S, 3) uint8, optional
+        The onset crop of side ``patches.size``: its points (predictor in the apex crop's box) go
+        to ``onset/landmarks68`` (68, 2) float32, pixels.
 
     Returns
     -------
@@ -175,7 +190,13 @@ def sample_patches(crop: np.ndarray, magnified: Mapping[str, np.ndarray], patch_
                                      "halves/eyes": np.ascontiguousarray(eyes),
                                      "halves/mouth": np.ascontiguousarray(mouth)}
     arrays.update({f"regions/{k}": v for k, v in patches.items()})
+    if onset is not None:
+        arrays["onset/landmarks68"] = _dlib().landmarks(onset, tuple(float(v) for v in box))
     for group, frame in magnified.items():
+        if frame is None:
+            arrays.update({f"{group}/landmarks68": np.full((68, 2), np.nan, np.float32),
+                           f"{group}/box": np.full(4, np.nan, np.float32)})
+            continue
         scale = frame.shape[0] / crop.shape[0]
         m_box = box * np.float32(scale)
         m_pts = _dlib().landmarks(frame, tuple(float(v) for v in m_box))
@@ -184,10 +205,11 @@ def sample_patches(crop: np.ndarray, magnified: Mapping[str, np.ndarray], patch_
 
 
 def _process(item: Item, patch_size: int, fallback_box: tuple[float, ...]) -> Done:
-    """Landmarks, patches and halves of ``item.data``: the apex crop, or ``(crop, {group: frame})``
-    with the magnified frames whose landmarks go to ``<group>/landmarks68`` (module docstring)."""
-    crop, magnified = item.data if isinstance(item.data, tuple) else (item.data, {})
-    arrays, fallback = sample_patches(crop, magnified, patch_size, fallback_box)
+    """Landmarks, patches and halves of ``item.data``: the apex crop, or ``(crop, onset,
+    {group: frame or None})`` with the onset crop and the magnified frames whose landmarks go to
+    ``onset/landmarks68`` and ``<group>/landmarks68`` (module docstring)."""
+    crop, onset, magnified = item.data if isinstance(item.data, tuple) else (item.data, None, {})
+    arrays, fallback = sample_patches(crop, magnified, patch_size, fallback_box, onset)
     return Done(item.sample_id, arrays, ("fallback_box",) if fallback else ())
 
 
@@ -219,15 +241,29 @@ def magnified_groups(spec: Mapping[str, Any] | None) -> dict[str, str]:
     return out
 
 
+def computed_rows(magnified: FeatureCache, groups: Mapping[str, str]) -> dict[str, np.ndarray]:
+    """Group → (N,) bool over ``magnified``'s samples: whether the ``magnify`` stage decoded the
+    group's frame (``frames/<magnifier>/computed``; every sample when that dataset is absent)."""
+    out = {}
+    for group, dataset in groups.items():
+        flag = "/".join(dataset.split("/")[:2]) + "/computed"      # frames/<magnifier>/…
+        out[group] = (magnified.read(flag, slice(None)).astype(bool) if flag in magnified.datasets
+                      else np.ones(len(magnified), dtype=bool))
+    return out
+
+
 def _items(faces: FeatureCache, size: int, magnified: FeatureCache | None = None,
            groups: Mapping[str, str] | None = None) -> Iterator[Item]:
+    computed = computed_rows(magnified, groups) if magnified is not None and groups else {}
     for i, sid in enumerate(faces.sample_ids):
         crop = faces.read(f"crop{size}/apex", i)
-        if magnified is None or not groups:
-            yield Item(sid, crop)
-        else:
+        onset = faces.read(f"crop{size}/onset", i)
+        frames: dict[str, np.ndarray | None] = {}
+        if magnified is not None and groups:
             row = magnified.index_of(sid)
-            yield Item(sid, (crop, {g: magnified.read(d, row) for g, d in groups.items()}))
+            frames = {g: magnified.read(d, row) if computed[g][row] else None
+                      for g, d in groups.items()}
+        yield Item(sid, (crop, onset, frames))
 
 
 def _open_magnified(path: str | os.PathLike | None, groups: Mapping[str, str],
@@ -297,16 +333,24 @@ def run_patches(faces_path: str | os.PathLike, params: Mapping[str, Any],
         raise ValueError(f"patches.fallback_box must be [left, top, right, bottom] fractions of "
                          f"the crop side with left < right and top < bottom, got {list(fb)}")
     faces = FeatureCache(faces_path, "faces")
-    if f"crop{size}/apex" not in faces.datasets:
-        have = crop_sizes(faces.datasets)
-        raise CacheError(f"{faces.path}: no apex crops of size {size}; it has crop sizes {have}. "
-                         f"Add {size} to faces.sizes or set patches.size to one of {have}")
+    for kind in ("apex", "onset"):      # onset: onset/landmarks68
+        if f"crop{size}/{kind}" not in faces.datasets:
+            have = crop_sizes(faces.datasets)
+            faces.close()
+            raise CacheError(f"{faces.path}: no {kind} crops of size {size}; it has crop sizes "
+                             f"{have}. Add {size} to faces.sizes or set patches.size to one of "
+                             f"{have}")
     groups = magnified_groups(params.get("magnified"))
     try:
         mag = _open_magnified(magnified_path, groups, faces)
     except BaseException:
         faces.close()
         raise
+    if mag is not None:
+        for group, rows in computed_rows(mag, groups).items():
+            if not rows.all():
+                log.info("%s: %d of %d samples have no decoded frame (magnify.frames_databases); "
+                         "their landmarks are NaN", group, int((~rows).sum()), len(rows))
     cache_params = {**{k: v for k, v in params.items() if k != "paper"},
                     "fallback_box": list(fb), "regions": {k: list(v) for k, v in REGIONS.items()},
                     "faces": faces.params, "magnified": dict(params.get("magnified") or {}),

@@ -15,6 +15,13 @@ Reads the aligned crops of ``data/features/faces.h5`` at the flow size S (``crop
 * ``frames/stmemm/alpha{a}/apex`` (N, S, S, 3) uint8 — ST-MEMM's magnified apex for each a in
   ``frames.stmemm`` (GAM-MM-MER: α = 5 and the augmentation factors 8, 10, 12, 15; Wu et al. 2024,
   Sec. 3.3, Table 4).
+* ``frames/<magnifier>/computed`` (N,) uint8 — written for a magnifier listed in
+  ``frames_databases`` (quick and paper: ST-MEMM for CASME II, SAMM and SMIC, the LOSO databases,
+  the only ones GAM-MM-MER reads): 1 where the sample's database (the first part of its id) is
+  listed and its decoded frames were computed, 0 where they were not — those rows of
+  ``frames/<magnifier>/alpha{a}/apex`` are all zero and no reader may use them (the ``patches``
+  stage stores NaN landmarks for them; GAM-MM-MER stops on them with the key to change).  Every
+  sample keeps its latents and the other magnifier's frames.
 * ``latent/onset_pseudo_all`` (N, K + 1, 32, S/2, S/2) float16 — the same latent for every
   pseudo-apex offset k = 0 … K (K = ``pseudo_apex.max_offset``, clipped to faces.h5's window),
   so that InfuseNet can redraw the pseudo-apex during training (Sec. 3.1; the paper redraws it
@@ -27,7 +34,8 @@ Reads the aligned crops of ``data/features/faces.h5`` at the flow size S (``crop
   ``pseudo_apex_frame`` (N,) int32 its frame number.
 
 Samples are processed in batches on the configured device; the magnifiers' encoders run once per
-frame and the manipulator/decoder once per factor.
+frame and the manipulator/decoder once per factor (ST-MEMM: only on the samples of
+``frames_databases``).
 """
 
 from __future__ import annotations
@@ -50,8 +58,9 @@ from pipeline.magnification.stmemm import STMEMM
 
 log = logging.getLogger("magnify")
 
-__all__ = ["LATENT_KINDS", "MagnifyPlan", "draw_offsets", "load_magnifiers", "magnify_batch",
-           "magnify_faces", "plot_magnified_samples", "run_magnify"]
+__all__ = ["LATENT_KINDS", "MagnifyPlan", "computed_dataset", "draw_offsets", "frame_masks",
+           "load_magnifiers", "magnify_batch", "magnify_faces", "plot_magnified_samples",
+           "run_magnify"]
 
 LATENT_KINDS = ("difference", "manipulated")
 
@@ -97,12 +106,14 @@ def _oh_outputs(model: OhMagNet, onset: torch.Tensor, apex: torch.Tensor, pseudo
                 latent_alpha: float, latent_kind: str, alphas: Sequence[float],
                 window: torch.Tensor | None = None,
                 offsets: np.ndarray | None = None,
-                window_starts_at_apex: bool = False) -> dict[str, np.ndarray]:
+                window_starts_at_apex: bool = False,
+                frame_rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Latents and decoded frames of one batch; with ``window`` (B, K+1, 3, S, S) in model range
     also ``latent/onset_pseudo_all`` (B, K+1, 32, S/2, S/2), whose entry at ``offsets`` is
     ``latent/onset_pseudo`` (computed once, not twice).  ``window_starts_at_apex``: the window's
     first frame is the apex frame itself (k = 0), so its entry is ``latent/onset_apex``, not
-    encoded again."""
+    encoded again.  ``frame_rows`` (B,) bool: decode the frames of these samples only (the other
+    rows are zero, :func:`_scattered`)."""
     _, m_on = model.encode(onset)
     tex_ap, m_ap = model.encode(apex)
     out: dict[str, np.ndarray] = {}
@@ -124,20 +135,89 @@ def _oh_outputs(model: OhMagNet, onset: torch.Tensor, apex: torch.Tensor, pseudo
         lat = np.concatenate(parts, axis=1)
         out["latent/onset_pseudo_all"] = lat
         out["latent/onset_pseudo"] = np.ascontiguousarray(lat[np.arange(b), offsets])
+    sel = _rows(frame_rows, onset.shape[0], onset.device)
+    if frame_rows is not None:       # the samples whose frames are decoded (texture: optional)
+        m_on, m_ap = m_on[sel], m_ap[sel]
+        tex_ap = None if tex_ap is None else tex_ap[sel]
     for a in alphas:
-        shape_mag = model.manipulator(m_on, m_ap, float(a))[1]
-        out[f"frames/oh/alpha{_fmt(a)}/apex"] = from_model_range(model.decoder(tex_ap, shape_mag))
+        frames = None
+        if sel.numel():
+            shape_mag = model.manipulator(m_on, m_ap, float(a))[1]
+            frames = from_model_range(model.decoder(tex_ap, shape_mag))
+        out[f"frames/oh/alpha{_fmt(a)}/apex"] = _scattered(frames, frame_rows, onset)
     return out
 
 
 @torch.no_grad()
 def _stmemm_outputs(model: STMEMM, onset: torch.Tensor, apex: torch.Tensor,
-                    alphas: Sequence[float]) -> dict[str, np.ndarray]:
-    f_on = model.encode(onset)
-    f_ap = model.encode(apex)
-    return {f"frames/stmemm/alpha{_fmt(a)}/apex":
-            from_model_range(model.decode(model.manipulate(f_on, f_ap, float(a))))
+                    alphas: Sequence[float],
+                    frame_rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """ST-MEMM's decoded frames of one batch (of the ``frame_rows`` samples only; zero rows for
+    the others)."""
+    sel = _rows(frame_rows, onset.shape[0], onset.device)
+    a_in, b_in = (onset, apex) if frame_rows is None else (onset[sel], apex[sel])
+    f_on = model.encode(a_in) if sel.numel() else None
+    f_ap = model.encode(b_in) if sel.numel() else None
+    return {f"frames/stmemm/alpha{_fmt(a)}/apex": _scattered(
+                from_model_range(model.decode(model.manipulate(f_on, f_ap, float(a))))
+                if sel.numel() else None, frame_rows, onset)
             for a in alphas}
+
+
+def _rows(frame_rows: np.ndarray | None, n: int, device: torch.device) -> torch.Tensor:
+    """Indices (int64 tensor) of the samples whose frames are decoded (all without a mask)."""
+    if frame_rows is None:
+        return torch.arange(n, device=device)
+    return torch.as_tensor(np.flatnonzero(frame_rows), dtype=torch.int64, device=device)
+
+
+def _scattered(frames: np.ndarray | None, frame_rows: np.ndarray | None,
+               like: torch.Tensor) -> np.ndarray:
+    """The decoded frames of the selected rows in a (B, S, S, 3) uint8 array, zeros elsewhere."""
+    if frame_rows is None:
+        assert frames is not None
+        return frames
+    b, _, h, w = like.shape
+    out = np.zeros((b, h, w, 3), np.uint8)
+    if frames is not None:
+        out[np.flatnonzero(frame_rows)] = frames
+    return out
+
+
+def computed_dataset(kind: str) -> str:
+    """``frames/<kind>/computed``: which samples have decoded frames of magnifier ``kind``."""
+    return f"frames/{kind}/computed"
+
+
+def frame_masks(sample_ids: Sequence[str],
+                frames_databases: Mapping[str, Sequence[str] | None] | None
+                ) -> dict[str, np.ndarray]:
+    """Per magnifier listed in ``magnify.frames_databases``: (N,) bool, whether the sample's
+    database (the first part of its id, ``casme2/sub01/EP02_01f`` → ``casme2``) is listed.
+
+    Raises
+    ------
+    ValueError
+        If ``frames_databases`` is not a mapping of magnifier (oh, stmemm) to a list of
+        database keys.
+    """
+    if not frames_databases:
+        return {}
+    if not isinstance(frames_databases, Mapping):
+        raise ValueError(f"magnify.frames_databases must map a magnifier (oh, stmemm) to a list "
+                         f"of databases, got {frames_databases!r}")
+    out = {}
+    for kind, dbs in frames_databases.items():
+        if kind not in ("oh", "stmemm"):
+            raise ValueError(f"magnify.frames_databases: unknown magnifier {kind!r} (oh, stmemm)")
+        if dbs is None:
+            continue
+        if isinstance(dbs, str) or not isinstance(dbs, Sequence):
+            raise ValueError(f"magnify.frames_databases.{kind} must be a list of databases or "
+                             f"null, got {dbs!r}")
+        wanted = {str(d) for d in dbs}
+        out[kind] = np.array([s.split("/", 1)[0] in wanted for s in sample_ids], dtype=bool)
+    return out
 
 
 def _fmt(a: float) -> str:
@@ -210,7 +290,8 @@ class MagnifyPlan:
 
 def magnify_batch(magnifiers: Mapping[str, nn.Module], plan: MagnifyPlan, onset: np.ndarray,
                   apex: np.ndarray, window_frames: np.ndarray, offsets: np.ndarray,
-                  device: torch.device) -> dict[str, np.ndarray]:
+                  device: torch.device,
+                  frame_rows: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """The ``magnified.h5`` arrays of a batch of samples (all but ``pseudo_apex_frame``).
 
     The one computation of the ``magnify`` stage (:func:`magnify_faces`) and of ``mer-predict``
@@ -228,6 +309,10 @@ def magnify_batch(magnifiers: Mapping[str, nn.Module], plan: MagnifyPlan, onset:
     offsets : ndarray (B,) int
         Each sample's pseudo-apex offset k (:func:`draw_offsets`, clipped to W − 1).
     device : torch.device
+    frame_rows : mapping, optional
+        Magnifier → (B,) bool (:func:`frame_masks`): decode that magnifier's frames for these
+        samples only; their rows elsewhere are zero and ``frames/<magnifier>/computed`` (B,)
+        uint8 records which are real (module docstring).  None or an absent magnifier: all.
 
     Returns
     -------
@@ -247,11 +332,17 @@ def magnify_batch(magnifiers: Mapping[str, nn.Module], plan: MagnifyPlan, onset:
         frames_k = window_frames[:, :plan.n_k]
         t_win = to_model_range(frames_k.reshape(-1, *frames_k.shape[2:]), device)
         t_win = t_win.reshape(len(k), plan.n_k, *t_win.shape[1:])
+    rows = dict(frame_rows or {})
     out = _oh_outputs(magnifiers["oh"], t_on, t_ap, t_ps, plan.latent_alpha, plan.latent_kind,
                       plan.oh_alphas, t_win, k,
-                      window_starts_at_apex=bool(np.array_equal(window_frames[:, 0], apex)))
+                      window_starts_at_apex=bool(np.array_equal(window_frames[:, 0], apex)),
+                      frame_rows=rows.get("oh"))
     if plan.stmemm_alphas:
-        out.update(_stmemm_outputs(magnifiers["stmemm"], t_on, t_ap, plan.stmemm_alphas))
+        out.update(_stmemm_outputs(magnifiers["stmemm"], t_on, t_ap, plan.stmemm_alphas,
+                                   rows.get("stmemm")))
+    for kind, alphas in (("oh", plan.oh_alphas), ("stmemm", plan.stmemm_alphas)):
+        if alphas and kind in rows:
+            out[computed_dataset(kind)] = np.asarray(rows[kind], dtype=np.uint8)
     out["pseudo_apex_offset"] = k.astype(np.int16)
     return out
 
@@ -275,8 +366,9 @@ def magnify_faces(faces_path: str | os.PathLike, out_path: str | os.PathLike,
         Crop side S (``flow.size``), pixels.
     cfg : mapping
         The ``magnify`` section: ``latent_alpha``, ``latent_kind``, ``frames`` (``{"oh": [...],
-        "stmemm": [...]}``), ``pseudo_apex`` (``seed``, ``max_offset``, ``all_offsets``),
-        ``batch_size``.
+        "stmemm": [...]}``), ``frames_databases`` (``{"stmemm": [databases]}``: decoded frames
+        of that magnifier only for those databases' samples; absent or null: every sample),
+        ``pseudo_apex`` (``seed``, ``max_offset``, ``all_offsets``), ``batch_size``.
     device : torch.device
     params : mapping
         Stored in the file (readers compare them).
@@ -284,14 +376,16 @@ def magnify_faces(faces_path: str | os.PathLike, out_path: str | os.PathLike,
     Returns
     -------
     dict
-        ``n_samples``, the dataset names written, the offsets' histogram.
+        ``n_samples``, the dataset names written, the offsets' histogram, and per magnifier of
+        ``frames_databases`` the number of samples whose frames were decoded
+        (``frames_computed``).
 
     Raises
     ------
     CacheError
         If ``faces.h5`` is missing, of another schema, or lacks the crops at size S.
     ValueError
-        On an unknown ``latent_kind`` or a missing Oh magnifier.
+        On an unknown ``latent_kind``, a missing Oh magnifier or a bad ``frames_databases``.
     """
     faces = FeatureCache(faces_path, "faces")
     n_onset, n_apex, n_pseudo = _check_inputs(faces, size)
@@ -304,6 +398,13 @@ def magnify_faces(faces_path: str | os.PathLike, out_path: str | os.PathLike,
     if plan.max_offset > window - 1:
         log.warning("pseudo-apex offsets up to %d frames but faces.h5 holds a window of %d: "
                     "clipping %d offsets to %d", plan.max_offset, window, n_clipped, window - 1)
+    masks = frame_masks(ids, cfg.get("frames_databases"))
+    masks = {k: m for k, m in masks.items()
+             if (plan.oh_alphas if k == "oh" else plan.stmemm_alphas)}
+    for kind, mask in masks.items():
+        log.info("%s frames for %d of %d samples (magnify.frames_databases.%s: %s); the other "
+                 "%d are not decoded", kind, int(mask.sum()), len(ids), kind,
+                 list(cfg["frames_databases"][kind]), len(ids) - int(mask.sum()))
     has_numbers = "frame_numbers/pseudo_apex" in faces.datasets
     batch = int(cfg.get("batch_size", 16))
     names: list[str] = []
@@ -316,7 +417,8 @@ def magnify_faces(faces_path: str | os.PathLike, out_path: str | os.PathLike,
             part = slice(rows[0], rows[-1] + 1)
             out = magnify_batch(magnifiers, plan, faces.read(n_onset, part),
                                 faces.read(n_apex, part), faces.read(n_pseudo, part),
-                                offsets[rows], device)
+                                offsets[rows], device,
+                                {k: m[rows] for k, m in masks.items()})
             if has_numbers:
                 numbers = faces.read("frame_numbers/pseudo_apex", part)
                 out["pseudo_apex_frame"] = numbers[np.arange(len(rows)),
@@ -327,7 +429,8 @@ def magnify_faces(faces_path: str | os.PathLike, out_path: str | os.PathLike,
     faces.close()
     hist = np.bincount(offsets, minlength=plan.max_offset + 1)
     return {"n_samples": len(ids), "datasets": names,
-            "pseudo_apex_offset_counts": hist.tolist()}
+            "pseudo_apex_offset_counts": hist.tolist(),
+            "frames_computed": {k: int(m.sum()) for k, m in masks.items()}}
 
 
 def plot_magnified_samples(faces_path: str | os.PathLike, magnified_path: str | os.PathLike,
@@ -352,8 +455,15 @@ def plot_magnified_samples(faces_path: str | os.PathLike, magnified_path: str | 
     mag = FeatureCache(magnified_path, "magnified")
     rng = np.random.default_rng(seed)
     ids = list(mag.sample_ids)
-    pick = sorted(rng.choice(len(ids), size=min(n_samples, len(ids)), replace=False).tolist())
-    frame_sets = sorted({n.rsplit("/", 1)[0] for n in mag.datasets if n.startswith("frames/")})
+    # samples whose every magnifier's frames were decoded (frames_databases), if there are any
+    shown_rows = np.ones(len(ids), dtype=bool)
+    for name in mag.datasets:
+        if name.startswith("frames/") and name.endswith("/computed"):
+            shown_rows &= mag.read(name, slice(None)).astype(bool)
+    rows = np.flatnonzero(shown_rows) if shown_rows.any() else np.arange(len(ids))
+    pick = sorted(rng.choice(rows, size=min(n_samples, len(rows)), replace=False).tolist())
+    frame_sets = sorted({n.rsplit("/", 1)[0] for n in mag.datasets
+                         if n.startswith("frames/") and n.endswith("/apex")})
     shown = []
     for kind in ("oh", "stmemm"):
         sets = [s for s in frame_sets if s.startswith(f"frames/{kind}/")]
@@ -473,7 +583,8 @@ def run_magnify(cfg: Mapping[str, Any], *, size: int, seed: int,
     ----------
     cfg : mapping
         The resolved ``magnify`` section (``device``, ``torch_threads``, ``latent_alpha``,
-        ``latent_kind``, ``frames``, ``pseudo_apex``, ``batch_size``, ``figure_samples``).
+        ``latent_kind``, ``frames``, ``frames_databases``, ``pseudo_apex``, ``batch_size``,
+        ``figure_samples``).
     size : int
         ``flow.size``: the crop side S the latents and frames are computed at.
     seed : int
@@ -497,15 +608,19 @@ def run_magnify(cfg: Mapping[str, Any], *, size: int, seed: int,
     from pipeline.io import atomic_path
     from pipeline.magnification.train import resolve_device
 
+    frame_masks([], cfg.get("frames_databases"))       # a bad frames_databases: fail early
     device = resolve_device(str(cfg.get("device", "auto")))
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg["torch_threads"]))
     frames_cfg = cfg.get("frames", {})
     needed = ["oh"] + (["stmemm"] if frames_cfg.get("stmemm") else [])
     magnifiers, stored = load_magnifiers(models_dir, needed, device)
+    frames_databases = {k: (None if v is None else [str(d) for d in v])
+                        for k, v in (cfg.get("frames_databases") or {}).items()}
     params = {"size": int(size), "latent_alpha": float(cfg.get("latent_alpha", 10)),
               "latent_kind": cfg.get("latent_kind", "difference"),
               "frames": {k: [float(a) for a in v] for k, v in frames_cfg.items()},
+              "frames_databases": frames_databases,
               "pseudo_apex": dict(cfg.get("pseudo_apex", {})), "magnifiers": stored}
     summary = magnify_faces(faces_path, out_path, magnifiers, int(size), cfg, device, params,
                             progress=progress)

@@ -38,7 +38,8 @@ What the paper leaves open, and what we chose:
   (AU2 + AU26, surprise).  With the jaw regions: chin ↔ inner brows (AU17 + AU4, negative).
 * **Raw graph.** Not given; ours joins anatomically adjacent regions (:data:`RAW_EDGES`).
 * **Patch size and sampling.** Not given.  Ours: ``patch_size`` pixels of the frame (quick
-  16 px on 112-px frames, paper configuration 48 px on 224-px frames),
+  24 px on 112-px frames, paper configuration 48 px on 224-px frames: the same share of the
+  face),
   bilinear (``torchvision.ops.roi_align``, one sample per output pixel: patch pixel (u, v) is
   the frame at (cx − (P−1)/2 + u, cy − (P−1)/2 + v), as ``cv2.getRectSubPix``), the border
   pixel repeated up to one pixel outside the frame, zero beyond.

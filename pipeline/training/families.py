@@ -111,6 +111,8 @@ FAMILY_KEYS["gam_mm_mer"] = {
     "magnifier": Str("stmemm", choices=("stmemm", "oh")),
     "alpha": Float(5, gt=0.0),
     "magnified": Bool(True),
+    # where the region patches are centred: magnified (paper, Eq. 7) | onset (ablation)
+    "patch_landmarks": Str("magnified", choices=("magnified", "onset")),
     "crop_size": Int(112, min=1),
     "input": Str("apex", choices=("apex", "apex_onset")),
     "diff_scale": Str("none", choices=("none", "sample")),

@@ -14,7 +14,10 @@ of the network).  This module plugs it into :mod:`pipeline.training`:
   ``magnified/<magnifier>/alpha<α>/landmarks68`` ``(68, 2)`` pixels (the ``patches`` stage runs
   dlib once on every magnified frame listed in ``patches.magnified``).  The region patches are
   cut from the frame inside the network (so the region set and patch size are method
-  parameters, not feature-stage ones).  Table 4's "Raw Image" ablation (``magnified: false``)
+  parameters, not feature-stage ones).  The ``patches`` stage computes the magnified frames'
+  points only where ``magnify`` decoded them (``magnify.frames_databases``: the LOSO databases);
+  elsewhere they are NaN, and reading one stops the run naming that key.  Table 4's "Raw Image"
+  ablation (``magnified: false``)
   reads the apex crop ``faces.h5`` ``crop<crop_size>/apex`` and its landmarks ``patches.h5``
   ``landmarks68`` instead (``crop_size`` must equal ``patches.size``).
 * **Magnification as augmentation** (Sect. 3.3: "Motion magnification is applied at various
@@ -42,6 +45,15 @@ Parameters (section ``methods.<name>``, ``family: gam_mm_mer``; besides the shar
     Frame set of magnified.h5 (default ``stmemm``, 5).
 ``magnified``
     false: the raw apex crop (Table 4 "Raw Image"); no magnification augmentation then.
+``patch_landmarks``
+    Where every frame's region patches are centred: ``magnified`` (the paper, Sect. 2.2, Eq. 7:
+    dlib on each magnified frame, so a magnified displacement mostly moves the patch with the
+    feature) | ``onset`` (ablation, ours): the onset's landmarks, ``patches.h5``
+    ``onset/landmarks68``, detected once per sample on the onset crop (side ``patches.size``)
+    and scaled to the frame's side as (p + 0.5)·S/``crop_size`` − 0.5, the same for the frame
+    at ``alpha`` and every augmentation factor, so the patch stays on the neutral face's
+    feature and the magnified motion changes its content.  ``crop_size`` must equal
+    ``patches.size`` (both 112 quick, 224 paper).
 ``crop_size``
     Side of the apex crops for ``magnified: false`` (= ``patches.size``) and of the onset crops
     for ``input: apex_onset`` (= ``flow.size``, the side of the magnified frames).
@@ -75,10 +87,12 @@ Ablations of Tables 3 and 4 are ``dvc exp run -S methods.gam_mm_mer.…`` switch
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -90,14 +104,14 @@ from pipeline.training.registry import FoldContext, MethodError, MethodSpec, fix
 
 log = logging.getLogger("train")
 
-__all__ = ["GAM_MODEL_DEFAULTS", "gam_inputs", "gam_model_config", "photometric_jitter",
-           "pick_alphas", "scaled_difference"]
+__all__ = ["GAM_MODEL_DEFAULTS", "PATCH_LANDMARKS", "gam_inputs", "gam_model_config",
+           "onset_placement", "photometric_jitter", "pick_alphas", "scaled_difference"]
 
 #: Defaults of ``methods.<name>.model`` (module docstring; the network's open choices are in
 #: :mod:`pipeline.models.gam_mer`).
 GAM_MODEL_DEFAULTS: dict[str, Any] = {
     "regions": "me", "graph": "prior", "conv": "gat", "layers": 2, "hidden": 16, "heads": 4,
-    "patch_size": 16, "cnn_channels": [8, 16, 32], "dropout": 0.3, "attention_dropout": 0.0,
+    "patch_size": 24, "cnn_channels": [8, 16, 32], "dropout": 0.3, "attention_dropout": 0.0,
     "readout": "concat",
 }
 
@@ -106,6 +120,7 @@ _AUGMENT_DEFAULTS: dict[str, Any] = {"alphas": [8, 10, 12, 15], "p_alpha": 0.5,
 
 FRAME, LANDMARKS, ONSET = "frame", "landmarks", "onset"
 INPUTS = ("apex", "apex_onset")
+PATCH_LANDMARKS = ("magnified", "onset")
 DIFF_SCALES = ("none", "sample")
 
 
@@ -149,22 +164,30 @@ def gam_inputs(name: str, params: Mapping[str, Any]) -> tuple[tuple[InputSpec, .
     inputs : tuple of InputSpec
         ``frame`` (image, float32 ``(3, S, S)`` in [0, 1]) and ``landmarks`` (array ``(68, 2)``)
         at α = ``alpha`` (or the raw apex crop), then ``frame_alpha<a>`` / ``landmarks_alpha<a>``
-        for every augmentation factor a.
+        for every augmentation factor a; with ``patch_landmarks: onset`` one ``landmarks``, the
+        onset's (``patches.h5`` ``onset/landmarks68``), and no ``landmarks_alpha<a>``.
     alphas : tuple of float
         The augmentation factors, in input order (empty without magnification or augmentation).
 
     Raises
     ------
     MethodError
-        On a bad ``magnifier``, ``alpha``, ``crop_size`` or ``augment.alphas``.
+        On a bad ``magnifier``, ``alpha``, ``crop_size``, ``augment.alphas`` or
+        ``patch_landmarks``.
     """
     augment = {**_AUGMENT_DEFAULTS, **(params.get("augment") or {})}
+    placement = str(params.get("patch_landmarks", "magnified"))
+    if placement not in PATCH_LANDMARKS:
+        raise MethodError(f"methods.{name}.patch_landmarks must be one of {PATCH_LANDMARKS}, got "
+                          f"{placement!r}")
+    onset_lms = InputSpec(LANDMARKS, "patches", "onset/landmarks68", "array")
     if not bool(params.get("magnified", True)):
         size = int(params.get("crop_size", 112))
         if size < 1:
             raise MethodError(f"methods.{name}.crop_size must be positive, got {size}")
         return (InputSpec(FRAME, "faces", f"crop{size}/apex", "image"),
-                InputSpec(LANDMARKS, "patches", "landmarks68", "array")), ()
+                onset_lms if placement == "onset"
+                else InputSpec(LANDMARKS, "patches", "landmarks68", "array")), ()
     kind = str(params.get("magnifier", "stmemm"))
     if kind not in ("stmemm", "oh"):
         raise MethodError(f"methods.{name}.magnifier must be stmemm or oh, got {kind!r}")
@@ -174,13 +197,19 @@ def gam_inputs(name: str, params: Mapping[str, Any]) -> tuple[tuple[InputSpec, .
         raise MethodError(f"methods.{name}: magnification factors must be positive, got "
                           f"alpha {alpha}, augment.alphas {list(extra)}")
 
-    def pair(a: float, suffix: str) -> tuple[InputSpec, InputSpec]:
+    def pair(a: float, suffix: str) -> tuple[InputSpec, ...]:
         tag = alpha_tag(a)
-        return (InputSpec(FRAME + suffix, "magnified", f"frames/{kind}/{tag}/apex", "image"),
-                InputSpec(LANDMARKS + suffix, "patches", f"magnified/{kind}/{tag}/landmarks68",
-                          "array"))
+        frame = InputSpec(FRAME + suffix, "magnified", f"frames/{kind}/{tag}/apex", "image")
+        if placement == "onset":
+            return (frame,)
+        dataset = f"magnified/{kind}/{tag}/landmarks68"
+        return (frame, InputSpec(LANDMARKS + suffix, "patches", dataset, "array",
+                                 preprocess=functools.partial(_finite_landmarks,
+                                                              dataset=dataset, kind=kind)))
 
     inputs = list(pair(alpha, ""))
+    if placement == "onset":
+        inputs.append(onset_lms)
     for a in extra:
         inputs += pair(a, f"_{alpha_tag(a)}")
     if str(params.get("input", "apex")) == "apex_onset":
@@ -190,7 +219,7 @@ def gam_inputs(name: str, params: Mapping[str, Any]) -> tuple[tuple[InputSpec, .
 
 
 def pick_alphas(batch: dict[str, Any], generator: torch.Generator, alphas: Sequence[float],
-                p: float) -> dict[str, Any]:
+                p: float, landmarks: bool = True) -> dict[str, Any]:
     """Replace each sample's frame and landmarks, with probability ``p``, by those at a factor
     drawn uniformly from ``alphas`` (module docstring, "Magnification as augmentation").
 
@@ -203,6 +232,9 @@ def pick_alphas(batch: dict[str, Any], generator: torch.Generator, alphas: Seque
         Seeded CPU generator.
     alphas : sequence of float
     p : float
+    landmarks : bool
+        Swap the landmarks with the frame (``patch_landmarks: magnified``); False keeps
+        ``landmarks`` (``onset``: one placement for every factor; no ``landmarks_alpha<a>``).
 
     Returns
     -------
@@ -220,8 +252,41 @@ def pick_alphas(batch: dict[str, Any], generator: torch.Generator, alphas: Seque
         if sel.any():
             tag = alpha_tag(a)
             frame[sel] = batch[f"{FRAME}_{tag}"][sel]
-            lms[sel] = batch[f"{LANDMARKS}_{tag}"][sel]
+            if landmarks:
+                lms[sel] = batch[f"{LANDMARKS}_{tag}"][sel]
     return {**batch, FRAME: frame, LANDMARKS: lms}
+
+
+def _finite_landmarks(arr: Any, dataset: str, kind: str) -> np.ndarray:
+    """Pre-processing of a magnified frame's landmarks: float32 ``(68, 2)``, or one clear error
+    for the NaN points of a frame the ``magnify`` stage did not decode
+    (``magnify.frames_databases``)."""
+    out = np.asarray(arr, dtype=np.float32)
+    if not np.isfinite(out).all():
+        raise ValueError(f"patches.h5 {dataset}: no landmarks for a sample of the protocol (its "
+                         f"database is not in magnify.frames_databases.{kind}, so its frames "
+                         "were not decoded); add the database there and re-run magnify and "
+                         "patches")
+    return out
+
+
+def onset_placement(landmarks: Tensor, frame_side: int, landmark_side: int) -> Tensor:
+    """The onset's landmarks (pixels of the ``landmark_side`` onset crop) in pixels of a frame of
+    side ``frame_side`` (same crop box): (p + 0.5) · frame_side / landmark_side − 0.5.
+
+    Parameters
+    ----------
+    landmarks : Tensor of shape (B, 68, 2), float
+    frame_side, landmark_side : int
+        Sides of the frame and of the onset crop, pixels.
+
+    Returns
+    -------
+    Tensor of shape (B, 68, 2)
+    """
+    if frame_side == landmark_side:
+        return landmarks
+    return (landmarks + 0.5) * (frame_side / landmark_side) - 0.5
 
 
 def photometric_jitter(frames: Tensor, generator: torch.Generator, brightness: float,
@@ -301,6 +366,8 @@ def _gam_mm_mer(name: str, params: dict[str, Any]) -> MethodSpec:
         raise MethodError(f"methods.{name}: diff_scale {diff_scale} scales the apex − onset "
                           "difference and needs input: apex_onset")
     inputs, alphas = gam_inputs(name, params)
+    by_onset = str(params.get("patch_landmarks", "magnified")) == "onset"
+    landmark_side = int(params.get("crop_size", 112))
     augment = {**_AUGMENT_DEFAULTS, **(params.get("augment") or {})}
     unknown = sorted(set(augment) - set(_AUGMENT_DEFAULTS))
     if unknown:
@@ -328,7 +395,7 @@ def _gam_mm_mer(name: str, params: dict[str, Any]) -> MethodSpec:
                       in_channels=6 if mode == "apex_onset" else 3)
 
     def transform(batch: dict[str, Any], gen: torch.Generator) -> dict[str, Any]:
-        batch = pick_alphas(batch, gen, alphas, p_alpha)
+        batch = pick_alphas(batch, gen, alphas, p_alpha, landmarks=not by_onset)
         if not any(jitter):
             return batch
         if mode == "apex":
@@ -339,14 +406,20 @@ def _gam_mm_mer(name: str, params: dict[str, Any]) -> MethodSpec:
 
     def forward(model: GAMMER, batch: Mapping[str, Tensor]) -> Tensor:
         frames = batch[FRAME]
+        lms = batch[LANDMARKS]
+        if by_onset:
+            lms = onset_placement(lms, int(frames.shape[-1]), landmark_side)
         if mode == "apex_onset":
             frames = torch.cat([frames, scaled_difference(frames, batch[ONSET], diff_scale)],
                                dim=1)
-        return model(frames, batch[LANDMARKS])
+        return model(frames, lms)
 
-    log.info("%s: %d regions (%s), %d directed edges (%s graph), %d %s layers, inputs %s",
-             name, len(regions), cfg["regions"], edges.shape[1], cfg["graph"], int(cfg["layers"]),
-             cfg["conv"].upper(), ", ".join(f"{i.cache}:{i.dataset}" for i in inputs[:2]))
+    log.info("%s: %d regions (%s), %d directed edges (%s graph), %d %s layers, %d-px patches, "
+             "inputs %s, augmentation α %s (p %.2f)", name, len(regions), cfg["regions"],
+             edges.shape[1], cfg["graph"], int(cfg["layers"]), cfg["conv"].upper(),
+             int(cfg["patch_size"]),
+             ", ".join(f"{i.cache}:{i.dataset}" for i in inputs if i.key in (FRAME, LANDMARKS)),
+             [float(a) for a in alphas], p_alpha)
     return MethodSpec(
         task=task, protocol=protocol, inputs=inputs, build_model=build,
         forward=forward,
