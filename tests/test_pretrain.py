@@ -239,3 +239,31 @@ def test_shipped_checksum_and_architecture_checked(tmp_path):
     (folder / "mobilefacenet.pt").unlink()
     with pytest.raises(PretrainError, match="shipped weights missing"):
         verify_shipped("mobilefacenet", students["mobilefacenet"], folder)
+
+
+def test_teacher_describes_photos_and_blends():
+    """dlib's teacher on three London-set photos: the views of one face stay close, two faces
+    differ, a blend lies between its parents; standardised on the training photos."""
+    from pipeline.standin.faces import read_rgb
+    from shared_data import external
+
+    folder = external("MER_FACES_DIR", "faces") / "neutral_front"
+    files = sorted(folder.glob("*.jpg"))[:3]
+    photos = [(f.name, read_rgb(f)) for f in files]
+    aug = {"brightness": 0.1, "contrast": 0.2, "saturation": 0.3, "grey": 0.0, "gamma": 0.2,
+           "blur": 0.01}
+    data, skipped = D.teacher_set(photos, D.Teacher(), 2, aug, 2.8, 0.5,
+                                  train=[True, True, False], n_blends=1, seed=0)
+    assert skipped == [] and data.files[:3] == [f.name for f in files]
+    assert data.files[3].startswith(f"blend:{files[0].name}+{files[1].name}@") or \
+        data.files[3].startswith(f"blend:{files[1].name}+{files[0].name}@")
+    assert data.canvases.shape == (4, D.CANVAS, D.CANVAS, 3)
+    assert data.targets.shape == (4, 2, D.DESCRIPTOR_DIM)
+    t = data.targets * data.target_scale + data.target_mean      # the raw descriptors
+    same = np.linalg.norm(t[0, 0] - t[0, 1])
+    other = np.linalg.norm(t[0, 0] - t[2, 0])
+    assert same < 0.5 * other
+    # training rows (the two photos and the blend) standardised to mean 0, RMS 1
+    train = data.targets[[0, 1, 3]]
+    assert np.allclose(train.reshape(-1, D.DESCRIPTOR_DIM).mean(0), 0, atol=1e-4)
+    assert np.sqrt((train ** 2).mean()) == pytest.approx(1.0, rel=1e-4)

@@ -7,9 +7,10 @@ package without importing it (:func:`pipeline.facedetect.dlib_model_path`), on 1
 chips (``dlib.get_face_chip``, padding 0.25) from dlib's 5-point landmarks
 (``shape_predictor_5_face_landmarks.dat``, same package) after dlib's HOG detector.
 
-Data (:func:`teacher_set`): face photos the stand-in does not use.  For each photo and each of
-``teacher.views`` photometric draws (view 0: none) the teacher describes the chip with that draw
-applied; the student sees the photo in the pipeline's own face framing (``faces.crop_side``,
+Data (:func:`teacher_set`): face photos the stand-in does not use, and ``teacher.blends``
+pixel-wise blends of two training photos (new faces for the teacher).  For each photo or blend
+and each of ``teacher.views`` photometric draws (view 0: none) the teacher describes the chip
+with that draw applied; the student sees the photo in the pipeline's own face framing (``faces.crop_side``,
 ``faces.centre_below``, :func:`pipeline.features.align.box_from_eyes`) with the same photometric
 draw and a fresh geometric one at every step (scale, shift, rotation, mirror) plus blur
 (:func:`student_batch`).  The descriptors are centred and scaled by their RMS over the training
@@ -189,29 +190,35 @@ class DistilSet:
 
 def teacher_set(photos: Sequence[tuple[str, np.ndarray]], teacher: Teacher, n_views: int,
                 aug: Mapping[str, float], crop_side: float, centre_below: float,
-                standardise_rows: Sequence[int] | None, seed: int = 0
+                train: Sequence[bool] | None = None, n_blends: int = 0, seed: int = 0
                 ) -> tuple[DistilSet, list[dict[str, str]]]:
-    """Teacher descriptors and student canvases of the photos (module docstring).
+    """Teacher descriptors and student canvases of the photos and their blends (module docstring).
 
     Parameters
     ----------
     photos : sequence of (name, RGB uint8 image)
     teacher : Teacher
     n_views : int
-        Photometric draws per photo (>= 1; the first is no change).
+        Photometric draws per photo or blend (>= 1; the first is no change).
     aug : mapping
         ``pretrain.augment`` (:func:`draw_views`).
     crop_side, centre_below : float
         The pipeline's face framing (``faces`` section).
-    standardise_rows : sequence of int, optional
-        Rows (of the photos kept) whose descriptors set the mean and scale (the training photos);
-        None: all.
+    train : sequence of bool, optional
+        Per photo: a training photo (its descriptors set the standardisation, it may enter
+        blends); None: all.
+    n_blends : int
+        Blends of two training photos, each a new face for the teacher: chip and canvas mixed
+        pixel-wise, (1 − a)·A + a·B with a ~ U(0.25, 0.75) (both are eye-aligned), named
+        ``blend:<A>+<B>@<a>`` (ours: 36 photos are 36 descriptors, which a student memorises;
+        blends give the teacher's function between them).
     seed : int
 
     Returns
     -------
     (DistilSet, list of dict)
-        The set, and the photos skipped (``{"file", "reason"}``: no face found).
+        Photos first (input order, those with a face), then blends; and the photos skipped
+        (``{"file", "reason"}``: no face found).
 
     Raises
     ------
@@ -221,8 +228,18 @@ def teacher_set(photos: Sequence[tuple[str, np.ndarray]], teacher: Teacher, n_vi
     if n_views < 1:
         raise ValueError(f"pretrain.teacher.views must be >= 1, got {n_views}")
     rng = np.random.default_rng(seed)
-    canvases, views, descs, files, skipped = [], [], [], [], []
-    for name, image in photos:
+    canvases, chips, views, descs, files, is_train, skipped = [], [], [], [], [], [], []
+
+    def add(name: str, canvas: np.ndarray, chip: np.ndarray, training: bool) -> None:
+        v = draw_views(rng, n_views, aug)
+        canvases.append(canvas)
+        chips.append(chip)
+        views.append(v)
+        descs.append(teacher.describe([photometric(chip, row) for row in v]))
+        files.append(name)
+        is_train.append(training)
+
+    for k, (name, image) in enumerate(photos):
         found = teacher.landmarks(image)
         if found is None:
             skipped.append({"file": name, "reason": "no face found by dlib's HOG detector"})
@@ -232,16 +249,22 @@ def teacher_set(photos: Sequence[tuple[str, np.ndarray]], teacher: Teacher, n_vi
         # base of the nose
         eyes = sorted([pts[0:2].mean(axis=0), pts[2:4].mean(axis=0)], key=lambda p: p[0])
         box = box_from_eyes(eyes[0], eyes[1], crop_side * MARGIN, centre_below)
-        canvases.append(warp_crops(image, box, [CANVAS])[CANVAS])
-        chip = teacher.chip(image, shape)
-        v = draw_views(rng, n_views, aug)
-        views.append(v)
-        descs.append(teacher.describe([photometric(chip, row) for row in v]))
-        files.append(name)
+        add(name, warp_crops(image, box, [CANVAS])[CANVAS], teacher.chip(image, shape),
+            True if train is None else bool(train[k]))
     if not files:
         raise ValueError("no photo with a face the teacher can describe")
+    pool = [i for i, t in enumerate(is_train) if t]
+    for _ in range(n_blends if len(pool) >= 2 else 0):
+        i, j = rng.choice(pool, 2, replace=False)
+        a = float(rng.uniform(0.25, 0.75))
+
+        def mix(x: np.ndarray, y: np.ndarray, a: float = a) -> np.ndarray:
+            return np.clip((1 - a) * x + a * y + 0.5, 0, 255).astype(np.uint8)
+
+        add(f"blend:{files[i]}+{files[j]}@{a:.2f}", mix(canvases[i], canvases[j]),
+            mix(chips[i], chips[j]), True)
     d = np.stack(descs)
-    ref = d if standardise_rows is None else d[[i for i in standardise_rows if i < len(d)]]
+    ref = d[np.array(is_train)]
     mean = ref.reshape(-1, d.shape[-1]).mean(axis=0)
     scale = float(np.sqrt(((ref - mean) ** 2).mean()))
     return DistilSet(np.stack(canvases), np.stack(views).astype(np.float32),
