@@ -244,8 +244,9 @@ def test_shipped_checksum_and_architecture_checked(tmp_path):
 def test_teacher_describes_photos_and_blends():
     """dlib's teacher on three London-set photos: the views of one face stay close, two faces
     differ, a blend lies between its parents; standardised on the training photos."""
-    from pipeline.standin.faces import read_rgb
     from shared_data import external
+
+    from pipeline.standin.faces import read_rgb
 
     folder = external("MER_FACES_DIR", "faces") / "neutral_front"
     files = sorted(folder.glob("*.jpg"))[:3]
