@@ -198,7 +198,7 @@ def run_pretrain(cfg: Mapping[str, Any], faces: Mapping[str, Any], build_json: s
             with atomic_path(path, suffix=".pt") as tmp:
                 torch.save(read_state(shipped), tmp)
             files[name] = {"file": path.name, "sha256": sha256_of(path),
-                           "shipped": str(shipped.relative_to(SHIPPED_DIR.parents[1])),
+                           "shipped": str(shipped.relative_to(SHIPPED_DIR.parents[2])),
                            "shipped_sha256": sha256_of(shipped)}
             log.info("%s: shipped weights verified (sha256 %s) → %s", name,
                      files[name]["shipped_sha256"][:12], path)
@@ -288,6 +288,16 @@ out: the photos above, never seen in training.
 | file | architecture | steps × batch, optimiser | loss (first → last tenth) | train R² | held-out R² (random init → distilled) | held-out cosine | seconds |
 |---|---|---|---|---|---|---|---|
 {table}
+
+Reading: R² 1 is the teacher's descriptor exactly, 0 the mean descriptor; below 0 the
+prediction of an unseen face is farther from its descriptor than the mean is (the held-out
+photos' own mean is the reference, so five faces make it strict); the cosine says how far the
+direction is right (0 for a random network).  With a few dozen faces the students learn the
+teacher on the training faces and only part of it beyond them.
+
+Intended use: initial weights for the quick networks of this project, to be fine-tuned on
+micro-expression data (docs/pretrain.md measures whether they help).  Not a face recogniser;
+not for identifying anyone.
 
 Times: a 2-core CPU shared with other work (not idle figures); the whole run {record['seconds']:.0f} s.
 """
