@@ -98,10 +98,12 @@ class FaceLandmarker:
             pass
 
 
-def dlib_predictor_path() -> Path:
-    """Path of ``shape_predictor_68_face_landmarks.dat`` inside ``face-recognition-models``.
+def dlib_model_path(filename: str) -> Path:
+    """Path of the model file ``filename`` inside the installed ``face-recognition-models``.
 
-    Located without importing the package (its import needs ``pkg_resources``).
+    Located without importing the package (its import needs ``pkg_resources``).  Files:
+    ``shape_predictor_68_face_landmarks.dat``, ``shape_predictor_5_face_landmarks.dat``,
+    ``dlib_face_recognition_resnet_model_v1.dat``, ``mmod_human_face_detector.dat``.
 
     Raises
     ------
@@ -112,10 +114,15 @@ def dlib_predictor_path() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError("the face-recognition-models package is not installed")
     for loc in spec.submodule_search_locations:
-        cand = Path(loc) / "models" / "shape_predictor_68_face_landmarks.dat"
+        cand = Path(loc) / "models" / filename
         if cand.is_file():
             return cand
-    raise FileNotFoundError("shape_predictor_68_face_landmarks.dat not found in face-recognition-models")
+    raise FileNotFoundError(f"{filename} not found in face-recognition-models")
+
+
+def dlib_predictor_path() -> Path:
+    """Path of ``shape_predictor_68_face_landmarks.dat`` (:func:`dlib_model_path`)."""
+    return dlib_model_path("shape_predictor_68_face_landmarks.dat")
 
 
 class DlibLandmarker:

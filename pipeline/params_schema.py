@@ -186,6 +186,10 @@ _MAGNIFIER_TRAIN = {"iterations": Int(1200, min=1), "batch_size": Int(4, min=1),
                     "grad_clip": Float(None, min=0.0, nullable=True),
                     "warmup": Int(0, min=0)}  # linear warm-up steps before the schedule
 
+_PRETRAIN_STUDENT = {"input_size": Int(40, min=16), "steps": Int(400, min=1),
+                     "batch_size": Int(32, min=1), "lr": Float(3e-3, gt=0.0),
+                     "weight_decay": Float(1e-4, min=0.0)}
+
 SECTIONS: dict[str, Key] = {
     "config": Str("quick", choices=("quick", "paper")),
     "seed": Int(0, min=0),
@@ -268,6 +272,28 @@ SECTIONS: dict[str, Key] = {
             "target_ratio": List(Float(min=0.0), length=2),
             "eulerian_lambda_c": Float(16.0, min=0.0), "eulerian_levels": Int(5, min=1),
             "batch_size": Int(16, min=1)}),
+    }),
+    # stages/pretrain.py (pipeline/pretrain): offline pre-trained starts, docs/pretrain.md
+    "pretrain": Map({
+        "init": Str("shipped", choices=("shipped", "train")),
+        "faces_dir": PATH, "standin_build": PATH,
+        "min_photos": Int(24, min=1), "val_share": Float(0.15, min=0.0, max=0.9),
+        "torch_threads": THREADS,
+        "teacher": Map({"views": Int(4, min=1), "blends": Int(0, min=0),
+                        "chip_padding": Float(0.25, min=0.0)}),
+        "augment": Map({"scale": Float(0.1, min=0.0, max=0.5), "shift": Float(0.06, min=0.0, max=0.3),
+                        "rotation_deg": Float(10.0, min=0.0, max=45.0), "flip": SHARE,
+                        "brightness": Float(0.15, min=0.0, max=0.5),
+                        "contrast": Float(0.3, min=0.0, max=0.9),
+                        "saturation": Float(0.4, min=0.0, max=1.0), "grey": SHARE,
+                        "gamma": Float(0.3, min=0.0, max=2.0),
+                        "blur": Float(0.012, min=0.0, max=0.1)}),
+        "students": Map({
+            "resnet18": Map({"widths": List(Int(min=1), length=4, nullable=True),
+                             **_PRETRAIN_STUDENT}),
+            "mobilefacenet": Map({"width_mult": Float(0.25, gt=0.0),
+                                  "embedding_dim": Int(64, min=1), **_PRETRAIN_STUDENT}),
+        }),
     }),
     "magnify": Map({
         "device": DEVICE, "torch_threads": THREADS,

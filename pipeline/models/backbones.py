@@ -391,7 +391,8 @@ def build_backbone(
         expansion); None or :data:`RESNET_WIDTHS` is the library's network.  Ours, for quick runs
         on a CPU: e.g. ``(64, 96, 128, 192)`` keeps the 64-channel stem (InfuseNet's latent
         replaces its output) at about a third of the training time of ResNet18 at 32-64 px.
-        ImageNet weights do not fit other widths.
+        ImageNet weights do not fit other widths; a file of the same widths does (the
+        ``pretrain`` stage's, :mod:`pipeline.pretrain`).
 
     Returns
     -------
@@ -402,7 +403,7 @@ def build_backbone(
     ------
     ValueError
         Unknown ``name``; ``image_size`` not a multiple of ``patch_size`` (ViT); bad counts;
-        ``widths`` not four positive integers, given for a ViT, or with ``pretrained``.
+        ``widths`` not four positive integers, given for a ViT, or with ``pretrained=True``.
     FileNotFoundError
         ``pretrained`` is a path that does not exist.
     PretrainedWeightsError
@@ -414,9 +415,9 @@ def build_backbone(
             f"in_channels must be >= 1 and num_classes >= 0, got {in_channels}, {num_classes}"
         )
     widths = _check_widths(name, spec, widths)
-    if widths is not None and pretrained not in (None, False):
+    if widths is not None and pretrained is True:
         raise ValueError(f"{name}: ImageNet weights need the library's widths "
-                         f"{RESNET_WIDTHS}, got widths {widths} with pretrained={pretrained!r}")
+                         f"{RESNET_WIDTHS}, got widths {widths} with pretrained=True")
     if spec.family == "resnet":
         model: nn.Module = getattr(torchvision.models, spec.library_name)(weights=None)
         if widths is not None:

@@ -23,7 +23,10 @@ Method families registered here (``family:`` in ``methods.<name>`` of ``params.y
 ``resnet_flow``
     torchvision ResNet (``arch``: ``resnet18`` | ``resnet34``) on the onset→apex flow image, built
     by :func:`pipeline.models.backbones.build_backbone` (``pretrained``: false → random init,
-    true → torchvision's ImageNet weights, or a local state-dict file), resized to ``input_size``.
+    stage → the ``pretrain`` stage's ``models/pretrain/resnet18.pt``, true → torchvision's
+    ImageNet weights, or a local state-dict file; :mod:`pipeline.pretrain.weights`), resized to
+    ``input_size``.  The flow image has 3 channels (u, v, ε): RGB filters of ``conv1`` are
+    loaded as they are.
 
 Common keys: ``task`` (au | emotion), ``protocol`` (cd6me | loso), ``tasks`` (LOSO task keys),
 ``flow_pair`` (flow cache dataset, default ``onset_apex``), ``augment.hflip`` (probability of a
@@ -37,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.models.sssnet import SSSNet
+from pipeline.pretrain.weights import PretrainError, resolve_pretrained
 from pipeline.training.data import InputSpec
 from pipeline.training.registry import (
     ConstantPredictor,
@@ -165,8 +169,19 @@ def _resnet_flow(name: str, params: dict[str, Any]) -> MethodSpec:
     arch = str(params.get("arch", "resnet18"))
     if arch not in ("resnet18", "resnet34", "resnet50"):
         raise MethodError(f"methods.{name}.arch must be resnet18, resnet34 or resnet50, got {arch!r}")
-    pretrained = params.get("pretrained", False)
+    try:
+        pretrained, source = resolve_pretrained(params.get("pretrained", False), arch,
+                                                f"methods.{name}.pretrained")
+    except PretrainError as exc:
+        raise MethodError(str(exc)) from None
     widths = params.get("widths")
+    if isinstance(pretrained, str):  # a file of other widths fails here, before any data is read
+        from pipeline.models.backbones import build_backbone
+
+        try:
+            build_backbone(arch, in_channels=3, pretrained=pretrained, widths=widths)
+        except ValueError as exc:
+            raise MethodError(f"methods.{name}.pretrained: {exc}") from None
 
     def build(ctx: FoldContext):
         from pipeline.models.backbones import build_backbone
@@ -175,4 +190,4 @@ def _resnet_flow(name: str, params: dict[str, Any]) -> MethodSpec:
                               num_classes=ctx.n_outputs, widths=widths)
 
     return MethodSpec(task=task, protocol=protocol, inputs=_flow_input(params),
-                      build_model=build, train_transform=_hflip(params))
+                      build_model=build, train_transform=_hflip(params), init_weights=source)

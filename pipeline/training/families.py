@@ -14,7 +14,7 @@ HOW TO DECLARE A FAMILY OR A KEY
         FAMILY_KEYS["my_family"] = {
             "input_size": Int(64, min=8),                 # default 64, integer >= 8
             "variant": Str("a", choices=("a", "b")),
-            "pretrained": PRETRAINED,                     # false | true | a state_dict path
+            "pretrained": PRETRAINED,                     # false | stage | true | a path
             "model": Free("checked by MyConfig.from_mapping"),   # a block checked by the builder
         }
 
@@ -27,9 +27,10 @@ from __future__ import annotations
 
 from pipeline.params_schema import Bool, Float, Free, Int, Key, List, Map, OneOf, Str
 
-#: ``false`` | ``true`` (ImageNet weights, downloaded) | the path of a local state_dict.
+#: ``false`` | ``stage`` (the pretrain stage's weights, models/pretrain/) | ``true`` (ImageNet
+#: weights, downloaded) | the path of a local state_dict (pipeline/pretrain/weights.py).
 PRETRAINED = OneOf(Bool(), Str(), default=False, nullable=True,
-                   what="false, true or the path of a local state_dict")
+                   what="false, stage, true or the path of a local state_dict")
 AUGMENT_HFLIP = Map({"hflip": Float(0.0, min=0.0, max=1.0)})
 FLOW_PAIR = Str("onset_apex", choices=("onset_apex", "onset_pseudo", "offset_apex"))
 

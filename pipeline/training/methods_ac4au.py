@@ -78,6 +78,7 @@ from pipeline.models.ac4au_losses import (
     class_aware_focal_loss,
     positive_priors,
 )
+from pipeline.pretrain.weights import PretrainError, load_mobilefacenet_stage, resolve_pretrained
 from pipeline.training.data import InputSpec, preprocess_image
 from pipeline.training.registry import FoldContext, MethodError, MethodSpec, fixed_task, register
 
@@ -282,6 +283,30 @@ def _loss(step: AC4AUStep, batch: Mapping[str, Tensor]) -> Tensor:
     return step.module.loss_terms(step, batch["target"], batch.get("subject")).total
 
 
+def _pretrained(name: str, cfg: dict[str, Any]) -> tuple[dict[str, Any], str | None, str]:
+    """``model.pretrained`` resolved: (the config for :func:`build_ac4au`, the stage's weights
+    file to load after building or None, the source recorded in the metrics).
+
+    ``stage``: ``models/pretrain/mobilefacenet.pt`` (:mod:`pipeline.pretrain`), loaded with the
+    GDConv kernel fitted to ``input_size`` and checked here against a bare MobileFaceNet of the
+    configured width; a path: :func:`pipeline.models.mobilefacenet.load_backbone_weights` as
+    before; null: random init.
+    """
+    raw = cfg["pretrained"]
+    where = f"methods.{name}.model.pretrained"
+    try:
+        resolved, source = resolve_pretrained(raw, "mobilefacenet", where, imagenet=False)
+        if not (isinstance(raw, str) and raw.strip().lower() == "stage"):
+            return {**cfg, "pretrained": resolved or None}, None, source
+        from pipeline.models.mobilefacenet import MobileFaceNet
+
+        load_mobilefacenet_stage(MobileFaceNet(int(cfg["embedding_dim"]), float(cfg["width_mult"]),
+                                               int(cfg["input_size"])), resolved)
+    except PretrainError as exc:
+        raise MethodError(str(exc)) from None
+    return {**cfg, "pretrained": None}, str(resolved), source
+
+
 @register("ac4au")
 def _ac4au(name: str, params: dict[str, Any]) -> MethodSpec:
     task, protocol = fixed_task(name, params, "au", "cd6me", "AC4AU detects AUs under CD6ME")
@@ -301,12 +326,16 @@ def _ac4au(name: str, params: dict[str, Any]) -> MethodSpec:
     def prep(frames: np.ndarray) -> np.ndarray:
         return prepare_sequence(frames, length, size, source)
 
+    cfg, stage_weights, init_weights = _pretrained(name, cfg)
+
     def build(ctx: FoldContext) -> AC4AUWithCriterion:
         alpha = positive_priors(ctx.train_targets)
         n_subjects = len(ctx.train_subjects) if cfg["use_frd"] else None
         if n_subjects == 0:
             raise MethodError(f"fold {ctx.fold.name}: no training subject for the subject loss")
         net = build_ac4au(cfg, "paper")
+        if stage_weights is not None:
+            load_mobilefacenet_stage(net, stage_weights)
         criterion = build_ac4au_criterion(cfg, alpha, n_subjects, "paper")
         log.info("%s fold %s: α %s; %s", name, ctx.fold.name,
                  np.array2string(alpha, precision=3, separator=" "),
@@ -322,4 +351,5 @@ def _ac4au(name: str, params: dict[str, Any]) -> MethodSpec:
         logits=lambda step: step.output.logits,
         train_transform=lambda batch, gen: augment_batch(batch, gen, augment),
         needs_subjects=bool(cfg["use_frd"]),
+        init_weights=init_weights,
     )

@@ -47,8 +47,10 @@ S = ``input_size`` (paper 224):
   α 10 by default), uint8 → [0, 1], (3, S, S).
 
 Settings (besides the shared trainer's, :mod:`pipeline.training.trainer`): ``input_size``,
-``pretrained`` (false | true: ImageNet through torchvision/timm, a download | the path of a local
-state-dict file, loaded into every stream), ``norm_scope`` (infusion normalisation:
+``pretrained`` (false | stage: the ``pretrain`` stage's ``models/pretrain/resnet18.pt``, ResNet
+variants at its widths | true: ImageNet through torchvision/timm, a download | the path of a local
+state-dict file; loaded into every stream; FrameMag's ``conv1``, which the latent replaces, is
+dropped; :mod:`pipeline.pretrain.weights`), ``norm_scope`` (infusion normalisation:
 ``tensor`` (ref. code) | ``sample`` | ``channel``, in training), ``eval_norm_scope`` (the
 scope at test time; null: ``norm_scope`` with ``tensor`` → ``sample``, so that a test prediction
 does not depend on the other samples of its batch; ``tensor`` is the ref. code's transductive
@@ -105,6 +107,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.models.infusenet import VARIANTS, InfuseNet, InfuseNetConfig, build_infusenet_variant
+from pipeline.pretrain.weights import PretrainError, resolve_pretrained
 from pipeline.training.data import InputSpec
 from pipeline.training.protocols import CD6ME_AUS
 from pipeline.training.registry import (
@@ -265,10 +268,13 @@ def _config(name: str, params: Mapping[str, Any], size: int) -> InfuseNetConfig:
 def _check_buildable(name: str, variant: str, cfg: InfuseNetConfig) -> None:
     """Build the network once on the ``meta`` device (no memory, no weights) so that a section
     the network rejects (norm scope, backbone, ViT sizes and blocks, latent channels) fails as a
-    :class:`MethodError` before any data is read."""
+    :class:`MethodError` before any data is read.  A weights file (``pretrained``: stage or a
+    path) is loaded once on the CPU, so that weights of other widths fail here too."""
     try:
         with torch.device("meta"):
             build_infusenet_variant(variant, dataclasses.replace(cfg, pretrained=False))
+        if isinstance(cfg.pretrained, str):
+            build_infusenet_variant(variant, cfg)
     except (TypeError, ValueError) as exc:
         raise MethodError(f"methods.{name}: {exc}") from exc
 
@@ -407,7 +413,15 @@ def _infusenet(name: str, params: dict[str, Any]) -> MethodSpec:
     if size < 16 or size % (16 if family == "vit" else 2):
         raise MethodError(f"methods.{name}.input_size must be even (ViT: a multiple of 16) and "
                           f">= 16 px, got {size}")
-    cfg = _config(name, params, size)
+    model_block = params.get("model") or {}
+    backbone = (model_block.get("cnn_backbone", "resnet18") if family == "cnn"
+                else model_block.get("vit_backbone", "vit_tiny"))
+    try:
+        pretrained, source = resolve_pretrained(params.get("pretrained", False), str(backbone),
+                                                f"methods.{name}.pretrained")
+    except PretrainError as exc:
+        raise MethodError(str(exc)) from None
+    cfg = _config(name, {**params, "pretrained": pretrained}, size)
     _check_buildable(name, variant, cfg)
     e2e = _end_to_end(name, params, size)
     if e2e is not None:
@@ -477,7 +491,8 @@ def _infusenet(name: str, params: dict[str, Any]) -> MethodSpec:
         transform = redraw_pseudo_apex if e2e is None else redraw_pseudo_offset
 
     return MethodSpec(task=task, protocol=protocol, inputs=inputs, build_model=build,
-                      build_loss=build_loss, forward=forward, train_transform=transform)
+                      build_loss=build_loss, forward=forward, train_transform=transform,
+                      init_weights=source)
 
 
 # --------------------------------------------------------------------------------------------

@@ -179,6 +179,10 @@ class MethodSpec:
         Per-sample arrays computed from the protocol's rows of ``samples.csv`` (one row each, in
         table order, e.g. the AU sets of Ruan et al.'s WSCL); put into every batch under their
         keys like ``"subject"``.
+    init_weights : str
+        Where the initial weights come from, recorded in the metrics (``init_weights``):
+        ``none`` | ``stage sha256:<hex>`` | ``imagenet`` | ``path <path> sha256:<hex>``
+        (:func:`pipeline.pretrain.weights.resolve_pretrained`).
     """
 
     task: str
@@ -193,6 +197,7 @@ class MethodSpec:
     constant: Callable[[], ConstantPredictor] | None = None
     emotion_tasks: tuple[str, ...] = ()
     sample_extras: Callable[[Any], Mapping[str, np.ndarray]] | None = None
+    init_weights: str = "none"
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:

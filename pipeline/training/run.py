@@ -11,7 +11,9 @@ predictor), and writes:
   "uf1", "uar", "n_samples"}, …, "composite-3": {…}, "composite-3/casme2": {…}, …}}`` (the
   composite is also reported per database, on its pooled predictions restricted to that database);
   a trained method's file also has ``"epochs"``, its training budget (``train.budget`` learn or
-  smoke, :mod:`pipeline.params`), so that ``dvc metrics diff`` and the report show it;
+  smoke, :mod:`pipeline.params`), so that ``dvc metrics diff`` and the report show it, and
+  ``"init_weights"``, where its initial weights came from (``none`` | ``stage sha256:<hex>`` |
+  ``imagenet`` | ``path <path> sha256:<hex>``, :mod:`pipeline.pretrain.weights`);
 * ``metrics/<method>/folds/<fold>.json`` — the same fields for that fold (plus ``fold``,
   ``held_out``, ``n_train``, ``selected_epoch``, ``seed``; LOSO also
   ``classes_absent_from_training``: classes of the test part with no training sample);
@@ -613,6 +615,7 @@ def run_method(name: str, params: Mapping[str, Any], samples: pd.DataFrame,
         torch.set_num_threads(threads)
     if spec.constant is None:
         result["epochs"] = int(settings.epochs)
+        result["init_weights"] = spec.init_weights
     if published and spec.task == "au":
         result["paper"] = dict(published)
     write_json(paths.json, result)

@@ -47,7 +47,7 @@ __all__ = ["AU_HEADLINE", "EMOTION_HEADLINE", "NOT_MEASURED", "SeedError", "aggr
            "headline_metrics", "resolve_seeds", "run_method_seeds"]
 
 #: Top-level fields that are not measured by the run (copied, never averaged).
-NOT_MEASURED: tuple[str, ...] = ("paper", "epochs")
+NOT_MEASURED: tuple[str, ...] = ("paper", "epochs", "init_weights")
 
 
 #: Headline fields of an AU method's declared metrics (ARCHITECTURE.md, "Metrics files").
@@ -55,7 +55,7 @@ AU_HEADLINE: tuple[str, ...] = ("f1_mean", "auc_mean", "f1_database_mean", "n_sa
 #: Headline fields of each emotion task's ``results.<task>`` entry.
 EMOTION_HEADLINE: tuple[str, ...] = ("uf1", "uar", "accuracy")
 #: Descriptive fields every headline keeps (strings, the training budget and the seeds).
-_HEADLINE_KEEP: tuple[str, ...] = ("task", "protocol", "data", "epochs", "seeds")
+_HEADLINE_KEEP: tuple[str, ...] = ("task", "protocol", "data", "epochs", "init_weights", "seeds")
 
 
 def headline_metrics(full: Mapping[str, Any]) -> dict[str, Any]:
