@@ -142,7 +142,8 @@ def apply_budget(params: Mapping[str, Any], budget: str | None = None) -> dict[s
             raise ParamsError(f"methods.{name}.learn: learn: blocks were replaced by one rule for "
                               f"every method (train.budget, train.learn_epochs); move its other "
                               f"keys into the section")
-        if not use or not isinstance(block, Mapping) or block.get("family") == "constant":
+        if (not use or not isinstance(block, Mapping) or block.get("family") == "constant"
+                or "protocol" not in block):  # no protocol: the schema check names the section
             merged[name] = block
             continue
         if budget == "smoke":

@@ -160,8 +160,10 @@ def test_source_recorded_in_the_metrics(tmp_path, stage_dir, capfd):
     assert json.loads(Path("metrics/r/detail.json").read_text())["init_weights"] == want
     capfd.readouterr()
     assert train_stage.main(["bad", *args]) == 1
-    errors = [line for line in capfd.readouterr().err.splitlines() if "bad:" in line]
+    err = capfd.readouterr().err
+    errors = [line for line in err.splitlines() if "bad: methods.bad" in line]
     assert len(errors) == 1 and "absent.pt: weights file not found" in errors[0]
+    assert "Traceback" not in err
 
 
 def _synthetic_set(n: int = 6, views: int = 3, seed: int = 0) -> D.DistilSet:
