@@ -56,6 +56,8 @@ from pipeline.reporting.report import (
     _fmt,
     au_table,
     emotion_table,
+    learning_cells,
+    learning_verdicts,
     load_metrics,
     magnifier_cells,
     markdown_table,
@@ -275,6 +277,11 @@ def publish(metrics_dir: str | os.PathLike, reports_dir: str | os.PathLike,
                "`metrics/<method>.json`; per-database results of the composite task in "
                "`metrics/<method>/detail.json` and the report).", "",
                markdown_table(["method", "epochs", "task", "n", "UF1", "UAR", "accuracy"], rows)]
+    verdicts = learning_verdicts(au, emo)
+    if len(verdicts):
+        note, header, rows = learning_cells(verdicts)
+        md += ["", f"## Does each method learn? — {tag}", "", note, "",
+               markdown_table(header, rows)]
     mag = magnifier_cells(metrics_dir)
     if mag is not None:
         md += ["", "## Magnifiers: median measured / expected amplification", "",

@@ -251,3 +251,41 @@ def test_heatmap_colours_a_zero_f1_and_leaves_a_missing_auc_grey(tmp_path):
     # F1 0 is dark purple (11 AUs + the mean), AUC 1 yellow, the AU without an AUC grey
     assert count(viridis(0.0)) > 11 * count((0.933, 0.933, 0.933)) > 0
     assert count(viridis(1.0)) > 10 * count((0.933, 0.933, 0.933))
+
+
+def test_learning_verdicts_compare_each_learned_method_with_the_best_constant():
+    """The "does each method learn?" table: constants have no epochs; the bar is the best
+    constant's score plus the margin (CD6ME with the AUC floor too), on composite-3 for LOSO."""
+    from pipeline.reporting.report import MARGIN_F1, MARGIN_UF1, learning_verdicts
+
+    au = pd.DataFrame({"method": ["c_pos", "c_prev", "good", "lucky_f1", "ranks", "flat"],
+                       "epochs": [None, None, 8, 8, 8, 8],
+                       "f1_mean": [0.179, 0.114, 0.30, 0.30, 0.20, 0.179 + MARGIN_F1],
+                       "auc_mean": [0.5, 0.4, 0.75, 0.55, 0.80, 0.60]})
+    emo = pd.DataFrame({"method": ["c_maj", "c_prev", "m", "m", "n"],
+                        "epochs": [None, None, 8, 8, 8],
+                        "result": ["composite-3"] * 3 + ["casme2-5", "composite-3"],
+                        "uf1": [0.257, 0.348, 0.40, 0.90, 0.348 + MARGIN_UF1 - 0.001]})
+    v = learning_verdicts(au, emo).set_index("method")
+    assert list(v.index) == ["good", "lucky_f1", "ranks", "flat", "m", "n"]
+    assert v["best_constant"].tolist() == ["c_pos"] * 4 + ["c_prev"] * 2
+    assert v.loc["good", "bar"] == pytest.approx(0.229)
+    assert v.loc["m", "bar"] == pytest.approx(0.398)
+    # F1 without ranking, ranking without F1, and both at the bar exactly
+    assert v["learns"].to_dict() == {"good": True, "lucky_f1": False, "ranks": False,
+                                     "flat": True, "m": True, "n": False}
+    # the casme2-5 score of "m" is not what the LOSO verdict reads
+    assert v.loc["m", "score"] == pytest.approx(0.40)
+    # no constant to compare with: no verdict
+    assert learning_verdicts(au[au["epochs"].notna()], emo[emo["epochs"].notna()]).empty
+
+
+def test_report_says_which_methods_learn(metrics_dir, tmp_path):
+    _write(metrics_dir, tmp_path)
+    md = (tmp_path / "reports" / "report.md").read_text()
+    assert "## Does each method learn? — STAND-IN" in md
+    row = next(line for line in md.splitlines() if line.startswith("| sssnet | cd6me |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    # the fixture's "sssnet" is a prevalence draw given epochs: it is judged, and at the floor
+    assert cells[5] == "constant_positive" and cells[6] == "**no**"
+    assert "0 of 1 learned methods do." in md

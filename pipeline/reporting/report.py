@@ -42,12 +42,21 @@ from pipeline.training.protocols import CD6ME_AUS, EMOTION_TASKS
 log = logging.getLogger("report")
 
 __all__ = ["AU_HEATMAP", "ReportError", "absent_class_folds", "au_table", "emotion_table",
-           "load_metrics", "magnifier_cells", "metrics_record_path", "write_report"]
+           "learning_cells", "learning_verdicts", "load_metrics", "magnifier_cells",
+           "metrics_record_path", "write_report"]
 
 #: File name (under ``reports/figures/``) of the methods × AUs heatmap of F1 and AUC.
 AU_HEATMAP = "au_heatmap.png"
 
 EMOTION_KEYS = ("accuracy", "uf1", "uar")
+#: The bar a learned method clears to count as learning (ours, issues #12 and #31): CD6ME pooled
+#: F1 at least this much above the best constant predictor's, with mean AU ROC AUC at least
+#: :data:`MIN_AUC`; LOSO composite-3 UF1 at least :data:`MARGIN_UF1` above the best constant's.
+MARGIN_F1 = 0.05
+MIN_AUC = 0.60
+MARGIN_UF1 = 0.05
+#: The LOSO task the verdict reads.
+VERDICT_TASK = "composite-3"
 
 
 class ReportError(ValueError):
@@ -244,6 +253,64 @@ def _epochs(value: Any) -> str:
     return "–" if value is None or pd.isna(value) else str(int(value))
 
 
+def learning_verdicts(au: pd.DataFrame, emo: pd.DataFrame) -> pd.DataFrame:
+    """Whether each learned method beats the best constant predictor of its protocol.
+
+    A method is a constant predictor when its metrics carry no ``epochs`` (only trained methods
+    write them, :mod:`pipeline.training.run`).  Bars (ours, issues #12 and #31): CD6ME
+    ``f1_mean ≥ best constant f1_mean + MARGIN_F1`` and ``auc_mean ≥ MIN_AUC``; LOSO
+    ``composite-3`` UF1 ``≥ best constant UF1 + MARGIN_UF1``.
+
+    Parameters
+    ----------
+    au, emo : DataFrame
+        :func:`au_table` and :func:`emotion_table`.
+
+    Returns
+    -------
+    DataFrame
+        One row per learned method: ``method, protocol`` (cd6me | loso), ``score`` (F1 or UF1),
+        ``auc`` (NaN for LOSO), ``bar`` (the score to reach), ``best_constant`` (its name),
+        ``learns`` (bool).  Empty when a protocol has no constant predictor to compare with.
+    """
+    rows = []
+    trained = au["epochs"].notna() if len(au) else pd.Series(dtype=bool)
+    if len(au) and (~trained).any() and trained.any():
+        consts = au[~trained]
+        best = consts.loc[consts["f1_mean"].idxmax()]
+        bar = float(best["f1_mean"]) + MARGIN_F1
+        for _, r in au[trained].iterrows():
+            rows.append({"method": r["method"], "protocol": "cd6me", "score": r["f1_mean"],
+                         "auc": r["auc_mean"], "bar": bar, "best_constant": best["method"],
+                         "learns": bool(r["f1_mean"] >= bar and r["auc_mean"] >= MIN_AUC)})
+    task = emo[emo["result"] == VERDICT_TASK] if len(emo) else emo
+    trained = task["epochs"].notna() if len(task) else pd.Series(dtype=bool)
+    if len(task) and (~trained).any() and trained.any():
+        consts = task[~trained]
+        best = consts.loc[consts["uf1"].idxmax()]
+        bar = float(best["uf1"]) + MARGIN_UF1
+        for _, r in task[trained].iterrows():
+            rows.append({"method": r["method"], "protocol": "loso", "score": r["uf1"],
+                         "auc": np.nan, "bar": bar, "best_constant": best["method"],
+                         "learns": bool(r["uf1"] >= bar)})
+    return pd.DataFrame(rows, columns=["method", "protocol", "score", "auc", "bar",
+                                       "best_constant", "learns"])
+
+
+def learning_cells(verdicts: pd.DataFrame) -> tuple[str, list[str], list[list[str]]]:
+    """The note, header and rows of the "does each method learn?" table (:func:`learning_verdicts`)."""
+    note = (f"A learned method counts as learning when it beats the best constant predictor of "
+            f"its protocol: CD6ME F1 mean by at least {MARGIN_F1:.2f} with mean AU ROC AUC at "
+            f"least {MIN_AUC:.2f}; LOSO {VERDICT_TASK} UF1 by at least {MARGIN_UF1:.2f}. "
+            f"{int(verdicts['learns'].sum())} of {len(verdicts)} learned methods do.")
+    header = ["method", "protocol", "score (F1 / UF1)", "AUC mean", "bar", "best constant",
+              "learns?"]
+    rows = [[r["method"], r["protocol"], _fmt(r["score"]), _fmt(r["auc"]), _fmt(r["bar"]),
+             r["best_constant"], "yes" if r["learns"] else "**no**"]
+            for _, r in verdicts.iterrows()]
+    return note, header, rows
+
+
 def _au_cells(au: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     header = ["method", "data", "epochs", "F1 mean (ours / paper)", "per-database mean",
               "AUC mean (ours)", "n", *[f"{a} F1 (ours / paper), AUC" for a in CD6ME_AUS]]
@@ -408,6 +475,13 @@ def write_report(metrics_dir: str | os.PathLike, methods: Sequence[str],
         header, rows = _emo_cells(emo)
         md += ["", f"## {emo_title}", "", markdown_table(header, rows)]
         parts_html.append(f"<h2>{html.escape(emo_title)}</h2>{_html_table(header, rows)}")
+    verdicts = learning_verdicts(au, emo)
+    if len(verdicts):
+        note, header, rows = learning_cells(verdicts)
+        title = f"Does each method learn? — {tag}"
+        md += ["", f"## {title}", "", note, "", markdown_table(header, rows)]
+        parts_html.append(f"<h2>{html.escape(title)}</h2><p>{html.escape(note)}</p>"
+                          f"{_html_table(header, rows)}")
     mag = magnifier_cells(metrics_dir)
     if mag is not None:
         mag_title = ("Magnifiers: measured / expected amplification on held-out synthetic "
