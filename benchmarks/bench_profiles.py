@@ -13,7 +13,9 @@ It prints, as markdown tables (STAND-IN figures):
   the build's ground truth of the same samples -- the rigid head shift onset -> (true) apex in %
   of IOD (``head_motion.shift_onset_apex_iod``: the largest x/y displacement of nose tip, chin and
   forehead) and the onset -> apex and onset -> annotated apex times in seconds;
-- the quick / full ratio of every pooled median, and per seed.
+- the quick / full ratio of every pooled median, and per seed;
+- with ``--plan-seeds N``, the head drift onset -> apex of N label plans per profile, without
+  rendering (many seeds cheaply: the ground truth's systematic part).
 
 Each build runs in ``<out>/<profile>_n<samples>_s<seed>/``; its per-sample values are kept there
 (``samples.csv``) and reused by a later run with the same arguments, so an interrupted run
@@ -27,6 +29,7 @@ tests/test_realism.py).
 
     python benchmarks/bench_profiles.py [--seeds 0 1 2] [--full-samples 120] [--out DIR]
                                         [--jobs N] [--keep-frames] [--csv all.csv]
+                                        [--profiles quick full] [--plan-seeds 20]
 """
 
 from __future__ import annotations
@@ -57,6 +60,8 @@ TRUTH = (("gt_head_iod", "GT head %IOD"), ("gt_onset_apex_s", "GT on->apex s"),
          ("gt_onset_annotated_s", "GT on->ann. apex s"))
 COLUMNS = tuple(k for k, _, _ in STATISTICS) + tuple(k for k, _ in TRUTH)
 LABELS = SHORT + tuple(v for _, v in TRUTH)
+#: Columns in seconds (printed with three decimals in the medians; ratios with two).
+SECONDS = ("gt_onset_apex_s", "gt_onset_annotated_s")
 #: Agreement asked for by issue #30 between the profiles' medians.
 TOLERANCE = 1.25
 
@@ -141,17 +146,53 @@ def measure_build(run: Path, profile: str, n_samples: int | None, seed: int, job
     return out
 
 
+def plan_head_drift(profile: str, n_samples: int | None, seeds: list[int]) -> tuple[float, float]:
+    """Median head drift onset -> true apex and onset -> apex time over label plans alone.
+
+    No rendering: each clip's head trajectory is drawn as the build draws it (the first numbers of
+    the clip's generator) and evaluated at the onset and apex frames; the drift is that of the
+    crop centre (0.5 IOD below the eye midpoint: translation plus in-plane rotation), % of IOD.
+
+    Returns
+    -------
+    tuple of float
+        Median drift (% IOD), median onset -> apex time (s), pooled over the seeds.
+    """
+    import math
+
+    from pipeline.standin.build import plan_only
+    from pipeline.standin.render import HeadMotion
+
+    drift, times = [], []
+    for seed in seeds:
+        db = plan_only(profile_for(profile, n_samples), seed, databases=[KEY]).databases[KEY]
+        fps = db.profile.fps
+        for s in db.samples:
+            clip, iod = db.clips[s.clip], db.subjects[s.subject].iod_px
+            head = HeadMotion.draw(np.random.default_rng(clip.seed), clip.head["translation_px"],
+                                   clip.head["rotation_deg"], clip.head["jitter_px"],
+                                   time_scale=clip.head["time_scale"])
+            (x0, y0, r0), (x1, y1, r1) = head.at(np.array([s.onset - clip.first,
+                                                           s.apex - clip.first]) / fps)
+            dx = (x1 - x0) - math.radians(r1 - r0) * 0.5 * iod
+            drift.append(100 * math.hypot(dx, y1 - y0) / iod)
+            times.append((s.apex - s.onset) / fps)
+    return float(np.median(drift)), float(np.median(times))
+
+
 def medians(df: pd.DataFrame) -> dict[str, float]:
     """Median of each statistic and ground-truth column (NaN-free values; see ``summarise``)."""
     return {k: summarise(df[k])[0] for k in COLUMNS}
 
 
-def table(rows: list[tuple[str, dict[str, float]]], fmt: str = "{:.2f}") -> list[str]:
-    """Markdown lines: one row per ``(label, {column: value})``."""
+def table(rows: list[tuple[str, dict[str, float]]], ratios: bool = False) -> list[str]:
+    """Markdown lines: one row per ``(label, {column: value})`` (``ratios``: all two decimals)."""
+    fmt = "{:.2f}"
     lines = ["| CASME II (STAND-IN) | " + " | ".join(LABELS) + " |",
              "|---|" + "---|" * len(LABELS)]
     for label, vals in rows:
-        cells = [fmt.format(vals[k]) if np.isfinite(vals[k]) else "–" for k in COLUMNS]
+        cells = [(fmt if ratios or k not in SECONDS else "{:.3f}").format(vals[k]) if np.isfinite(vals[k])
+                 else "–" for k in COLUMNS]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
 
@@ -182,7 +223,7 @@ def report(data: pd.DataFrame, quick: str | None, full: str | None) -> str:
         if len(q) and len(f):
             mq, mf = medians(q), medians(f)
             ratios.append((f"seed {seed}", {k: mq[k] / mf[k] for k in COLUMNS}))
-    out += table(ratios)
+    out += table(ratios, ratios=True)
     outside = [lab for k, lab in zip(COLUMNS[:len(SHORT)], SHORT, strict=True)
                if not 1 / TOLERANCE <= ratio[k] <= TOLERANCE]
     out.append("pooled medians outside 1.25x: " + (", ".join(outside) if outside else "none"))
@@ -206,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profiles", nargs="+", choices=("quick", "full"),
                         default=["quick", "full"],
                         help="build and measure only these (the ratios need both)")
+    parser.add_argument("--plan-seeds", type=int, default=0,
+                        help="also the head drift of this many label plans (seeds 0..N-1) per "
+                             "profile, without rendering (plan_head_drift)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     os.environ.setdefault("TQDM_DISABLE", "1")
@@ -230,6 +274,15 @@ def main(argv: list[str] | None = None) -> int:
         with atomic_path(args.csv, suffix=".csv") as tmp:
             data.to_csv(tmp, index=False)
     print(report(data, tags.get("quick"), tags.get("full")))
+    if args.plan_seeds:
+        seeds = list(range(args.plan_seeds))
+        drift = {p: plan_head_drift(p, n, seeds) for p, n in sizes.items()}
+        print(f"\nlabel plans only, seeds 0..{args.plan_seeds - 1}: head drift of the crop centre "
+              "onset -> true apex, % IOD (median), onset -> apex time, s (median)")
+        for p, (d, t) in drift.items():
+            print(f"{tags[p]:<18} {d:.3f} % IOD  {t:.4f} s")
+        if len(drift) == 2:
+            print(f"quick / full       {drift['quick'][0] / drift['full'][0]:.2f}")
     return 0
 
 
