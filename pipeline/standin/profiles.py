@@ -115,9 +115,9 @@ duration, the head running ``d · fps / (n − 1)`` times as fast over them
 (:func:`pipeline.standin.labels._head_time_scale`; 1 for every unclipped event and for CAS(ME)^3's
 videos of several events).  Before, the head ran on the frame clock, so the quick profile's
 clipped short events (5 frames at 40 fps for CASME II, where the full profile's 200 fps never
-clips) drifted longer onset → apex: the ground truth's crop-centre shift was 1.09× the full
-profile's over 20 label plans, 0.97× with the head on the event's clock
-(docs/standin-realism.md, "Quick and full profiles in face units").
+clips) drifted longer onset → apex: over 20 label plans the crop centre's drift was 1.09× the
+full profile's, 0.97× with the head on the event's clock (docs/standin-realism.md, "Quick and
+full profiles in face units"; ``benchmarks/bench_profiles.py``).
 """
 
 from __future__ import annotations
