@@ -50,6 +50,8 @@ EXEMPT: dict[str, str] = {
     "mutation_check.py": "runs the learning and selection tests on a scratch copy (minutes)",
     "bench_realism.py": "needs a run's caches (dvc repro flow); tests/test_realism.py runs it on "
                         "a tiny cache it writes",
+    "bench_profiles.py": "builds full-profile CASME II stand-ins (640x480 frames at 200 fps) "
+                         "and runs faces and flow on them: tens of minutes on 2 cores",
 }
 
 

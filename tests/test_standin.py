@@ -496,6 +496,44 @@ def test_label_draw_is_deterministic_and_seeded():
     assert a != plan_only("quick", seed=4).to_dict()
 
 
+def test_head_runs_over_the_events_own_timing_in_every_profile():
+    """A short event that the quick profile clips to ``min_frames`` keeps the head drift of its
+    drawn duration: its frames stand for that duration (``time_scale``), so the head moves onset ->
+    apex as in the full profile, whose 200 fps never clips (docs/standin-realism.md)."""
+    from pipeline.standin.render import HeadMotion
+
+    def clock(name):
+        db = plan_only(name, seed=0, databases=["casme2"]).databases["casme2"]
+        fps = db.profile.fps
+        out = []
+        for c in db.clips:
+            [ev] = [e for e in c.events if e.kind == "micro"]
+            n = ev.offset - ev.onset + 1
+            out.append((n, c.head["time_scale"], (n - 1) * c.head["time_scale"] / fps))
+        return np.array(out), db.profile
+
+    quick, qp = clock("quick")
+    full, _ = clock("full")
+    assert (full[:, 1] == 1).all()
+    lo, hi = qp.duration_s
+    # the head's clock spans the drawn duration, also below the 5 frames' 0.1 s and above 14's
+    assert quick[:, 2].min() >= lo - 1e-9 and quick[:, 2].max() <= hi + 1e-9
+    short = quick[:, 0] == qp.min_frames
+    assert short.sum() >= 20 and (quick[short, 1] <= 1).all() and (quick[short, 1] < 1).mean() > 0.5
+    assert quick[short, 2].min() < 0.6 * (qp.min_frames - 1) / qp.fps
+    long = quick[:, 0] == qp.max_frames
+    assert (quick[long, 1] >= 1).all() and (quick[long, 1] > 1).any()
+    unclipped = (quick[:, 0] > qp.min_frames) & (quick[:, 0] < qp.max_frames)
+    assert (quick[unclipped, 1] == 1).all()
+    # the trajectory at frame time t is the unscaled one at time_scale * t
+    rng = np.random.default_rng(3)
+    slow = HeadMotion.draw(rng, 2.0, 0.2, time_scale=0.4)
+    t = np.linspace(0, 0.3, 7)
+    ref = HeadMotion(2.0, 0.2, slow.freqs_hz, slow.phases, slow.coeffs)
+    np.testing.assert_allclose(slow.at(t), ref.at(0.4 * t))
+    assert np.abs(slow.at(t[-1:]) - slow.at(t[:1])).max() > 0
+
+
 def test_subjects_scale_down_with_fewer_photos():
     prof = get_profile("full")
     assert allocate_subjects(prof, 500) == {k: d.n_subjects for k, d in prof.databases.items()}

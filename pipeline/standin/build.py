@@ -219,7 +219,7 @@ def _render_subject(root: str, dbp: DatabaseProfile, subject: Subject, clips: li
     for idx, clip in clips:
         rng = np.random.default_rng(clip.seed)
         head = HeadMotion.draw(rng, clip.head["translation_px"], clip.head["rotation_deg"],
-                               clip.head["jitter_px"])
+                               clip.head["jitter_px"], time_scale=clip.head["time_scale"])
         nuisance = Nuisance(**{k: clip.nuisance[k] for k in NUISANCE_KEYS})
         specs = [EventSpec(tuple(AUAmplitude(a.au, a.side, a.amplitude_px)
                                  for a in ev.actions if a.rendered), ev.onset, ev.apex, ev.offset)
@@ -238,7 +238,8 @@ def _render_subject(root: str, dbp: DatabaseProfile, subject: Subject, clips: li
             "head": {"translation_px": head.translation_px,
                      "translation_iod": clip.head["translation_iod"],
                      "rotation_deg": head.rotation_deg,
-                     "jitter_px": head.jitter_px, "freqs_hz": head.freqs_hz.round(4).tolist(),
+                     "jitter_px": head.jitter_px, "time_scale": head.time_scale,
+                     "freqs_hz": head.freqs_hz.round(4).tolist(),
                      "phases": head.phases.round(4).tolist(),
                      "coeffs": head.coeffs.round(4).tolist()},
         }

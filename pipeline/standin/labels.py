@@ -565,10 +565,35 @@ def plan_standin(profile: Profile, seed: int, n_identities: int | None = None,
 
 
 def _duration_frames(rng: np.random.Generator, dbp: DatabaseProfile, dur_range: tuple[float, float],
-                     max_frames: int) -> int:
+                     max_frames: int) -> tuple[int, float]:
+    """Onset..offset frame count and the drawn duration, seconds (log-uniform in ``dur_range``).
+
+    The count is ``round(d · fps) + 1`` clipped to ``[min_frames, max_frames]``; the duration is
+    returned unclipped, so that the head motion can run over the event's own time
+    (:func:`_head_time_scale`).
+    """
     lo, hi = dur_range
     d = math.exp(rng.uniform(math.log(lo), math.log(hi)))
-    return int(min(max(round(d * dbp.fps) + 1, dbp.min_frames), max_frames))
+    return int(min(max(round(d * dbp.fps) + 1, dbp.min_frames), max_frames)), float(d)
+
+
+def _head_time_scale(unit: list[dict], fps: float) -> float:
+    """Seconds of head motion per second of frame time in a clip (1 unless a lone event's frame
+    count was clipped).
+
+    A profile whose frame rate is scaled down clips a short event to ``min_frames`` (a long one to
+    ``max_frames``): the event's frames then stand for its drawn duration ``d``, not for
+    ``(n − 1) / fps``.  The head trajectory (:class:`~pipeline.standin.render.HeadMotion`) runs
+    ``d · fps / (n − 1)`` times as fast, so its drift onset → apex is the one of the event's own
+    timing in every profile (docs/standin-realism.md, "Quick and full profiles").  A video
+    holding several events (CAS(ME)^3) keeps the frame clock.
+    """
+    if len(unit) != 1:
+        return 1.0
+    n, d = unit[0]["n_frames"], unit[0]["duration_s"]
+    if n == round(d * fps) + 1:
+        return 1.0
+    return float(d * fps / (n - 1))
 
 
 def _amplitude(rng: np.random.Generator, lo: float, hi: float) -> float:
@@ -667,8 +692,9 @@ def _draft_micro(dbp: DatabaseProfile, rng: np.random.Generator, subject: int, i
     if rng.uniform() < dbp.label_noise:
         others = [v for v in VOCABULARY[key] if v != rule]
         emotion = others[int(rng.integers(len(others)))]
-    n_frames = _duration_frames(rng, dbp, dbp.duration_s, dbp.max_frames)
+    n_frames, duration = _duration_frames(rng, dbp, dbp.duration_s, dbp.max_frames)
     return {"kind": "micro", "subject": subject, "actions": actions, "n_frames": n_frames,
+            "duration_s": duration,
             "apex_frac": float(rng.uniform(0.25, 0.6)), "canonical": canon, "rule": rule,
             "emotion": emotion,
             "spaced": key == "samm" and rng.uniform() < 0.5,
@@ -717,8 +743,9 @@ def _draft_macro(profile: Profile, dbp: DatabaseProfile, rng: np.random.Generato
     coded = {a.au: a.side for a in actions}
     canon = canonical_emotion(coded)
     rule = map_emotion(key, canon, rng)
-    n_frames = _duration_frames(rng, dbp, profile.macro_duration_s, 3 * dbp.max_frames)
+    n_frames, duration = _duration_frames(rng, dbp, profile.macro_duration_s, 3 * dbp.max_frames)
     return {"kind": "macro", "subject": subject, "actions": actions, "n_frames": n_frames,
+            "duration_s": duration,
             "apex_frac": float(rng.uniform(0.3, 0.5)), "canonical": canon, "rule": rule,
             "emotion": rule, "spaced": False, "jitter": 0, "blink": False,
             "blink_coded": False}
@@ -821,7 +848,8 @@ def _layout(profile: Profile, dbp: DatabaseProfile, rng: np.random.Generator,
             head = {"translation_px": trans_iod * subj.iod_px / 100.0,
                     "translation_iod": trans_iod,
                     "rotation_deg": float(dbp.head_rotation_deg * math.exp(rng.normal(0, 0.4))),
-                    "jitter_px": float(dbp.head_jitter_iod * subj.iod_px / 100.0)}
+                    "jitter_px": float(dbp.head_jitter_iod * subj.iod_px / 100.0),
+                    "time_scale": _head_time_scale(unit, dbp.fps)}
             nuisance = {"flicker": float(dbp.flicker * rng.uniform(0.5, 1.5)),
                         "flicker_hz": 100.0, "flicker_phase": float(rng.uniform(0, 2 * np.pi)),
                         "noise_sigma": float(dbp.rendered_noise_sigma * rng.uniform(0.8, 1.2)),

@@ -108,10 +108,16 @@ smic     0.8       0.2     0.01     3.0     85    SMIC-HS, 100 fps, 640x480 (Li 
 Only CASME II has a measured reference; the other levels are ours, ordered by the recording
 conditions above and kept near CASME II's, so that a head that moves more than the expression
 stays possible (the log-normal spread; more often in CAS(ME)^3 and SMIC-HS) but not typical.
-Tremor is 0.03 % IOD for every database (ours).  The head trajectory runs in seconds; the quick
-profile clips short events to 5 frames at its lower frame rate, so its onset → apex times are
-somewhat longer (CASME II, seed 0: median 0.075 s against 0.065 s in full) and its head shifts
-onset → apex about 1.2× the full profile's (docs/standin-realism.md, "Quick and full profiles").
+Tremor is 0.03 % IOD for every database (ours).  The head trajectory runs in seconds of the
+event's own timing: a profile whose frame rate cannot hold a short event clips it to
+``min_frames`` (and a long one to ``max_frames``), and the clip's frames then stand for the drawn
+duration, the head running ``d · fps / (n − 1)`` times as fast over them
+(:func:`pipeline.standin.labels._head_time_scale`; 1 for every unclipped event and for CAS(ME)^3's
+videos of several events).  Before, the head ran on the frame clock, so the quick profile's
+clipped short events (5 frames at 40 fps for CASME II, where the full profile's 200 fps never
+clips) drifted longer onset → apex: over 20 label plans the crop centre's drift was 1.09× the
+full profile's, 0.97× with the head on the event's clock (docs/standin-realism.md, "Quick and
+full profiles in face units"; ``benchmarks/bench_profiles.py``).
 """
 
 from __future__ import annotations

@@ -10,10 +10,11 @@ where ``p_k`` inverts the forward motion ``p ↦ R_k(p + D_k(p))`` — ``D_k = �
 sum over the clip's events (micro/macro-expressions, blinks) of their AU displacement fields
 ``F_e = Σ_AU A_AU U_AU`` (:mod:`pipeline.standin.aus`) scaled by each event's temporal profile
 ``s_e`` (0 at onset, 1 at apex, 0 at offset, raised-cosine rise and fall), and ``R_k`` a small
-rigid head motion (rotation about the face centre plus translation, a smooth random trajectory),
-and ``H_e = Σ_AU h_AU S_AU`` the event's FACS shading and wrinkles (:mod:`pipeline.standin.
-appearance`: each AU's unit shading ``S_AU`` times a contrast ``h_AU`` proportional to its
-amplitude in % IOD), applied to the neutral face before the warp so that it moves with the skin.
+rigid head motion (rotation about the face centre plus translation, a smooth random trajectory
+on the clip's head clock, :class:`HeadMotion` ``time_scale``), and ``H_e = Σ_AU h_AU S_AU`` the
+event's FACS shading and wrinkles (:mod:`pipeline.standin.appearance`: each AU's unit shading
+``S_AU`` times a contrast ``h_AU`` proportional to its amplitude in % IOD), applied to the
+neutral face before the warp so that it moves with the skin.
 The inverse is solved by fixed-point iteration ``p ← R_k⁻¹(x) − D_k(p)`` (convergent since the
 fields' gradients stay below 1) and applied with ``cv2.remap`` (bicubic) — a sub-pixel warp of the
 photo, never a redraw.  ``g_k`` is an illumination flicker gain, ``n_k`` Gaussian sensor noise;
@@ -242,6 +243,11 @@ class HeadMotion:
         Mixing coefficients.
     jitter_px : float
         Standard deviation of frame-to-frame tremor added to the translation, pixels.
+    time_scale : float
+        Seconds of head motion per second of frame time (1: the frame clock).  Below 1 where a
+        profile stretched a short event over more frames than its duration fills, above 1 where
+        it squeezed a long one, so that the head's drift onset → apex follows the event's own
+        timing (:func:`pipeline.standin.labels._head_time_scale`).
     """
 
     translation_px: float
@@ -250,6 +256,7 @@ class HeadMotion:
     phases: np.ndarray
     coeffs: np.ndarray
     jitter_px: float = 0.0
+    time_scale: float = 1.0
 
     @staticmethod
     def still() -> HeadMotion:
@@ -258,7 +265,7 @@ class HeadMotion:
 
     @staticmethod
     def draw(rng: np.random.Generator, translation_px: float, rotation_deg: float,
-             jitter_px: float = 0.0, n_components: int = 3) -> HeadMotion:
+             jitter_px: float = 0.0, n_components: int = 3, time_scale: float = 1.0) -> HeadMotion:
         """A random trajectory with 0.2–2.5 Hz components (head sway, breathing, tremor)."""
         return HeadMotion(
             translation_px=float(translation_px),
@@ -267,11 +274,13 @@ class HeadMotion:
             phases=rng.uniform(0, 2 * np.pi, size=(3, n_components)),
             coeffs=rng.normal(0, 1 / math.sqrt(n_components), size=(3, n_components)),
             jitter_px=float(jitter_px),
+            time_scale=float(time_scale),
         )
 
     def at(self, t: np.ndarray) -> np.ndarray:
-        """``(T, 3)`` array of (tx px, ty px, θ degrees) at times ``t`` (seconds)."""
-        t = np.asarray(t, np.float64)[:, None, None]
+        """``(T, 3)`` array of (tx px, ty px, θ degrees) at frame times ``t`` (seconds; the
+        trajectory is evaluated at ``time_scale · t``)."""
+        t = self.time_scale * np.asarray(t, np.float64)[:, None, None]
         waves = (self.coeffs * np.sin(2 * np.pi * self.freqs_hz * t + self.phases)).sum(-1)
         scale = np.array([self.translation_px, self.translation_px, self.rotation_deg])
         return waves * scale
