@@ -35,6 +35,7 @@ from pipeline.training.trainer import make_optimizer  # noqa: E402
 def _network(method: str, params: dict, widths: object) -> torch.nn.Module:
     """The network ``train@<method>`` builds (the method registry), at ``widths``."""
     params = copy.deepcopy(params)
+    params["pretrained"] = False  # the step's time does not depend on the start (nor on a file)
     if params["family"] == "resnet_flow":
         params["widths"] = widths
     else:

@@ -200,8 +200,8 @@ def run_pretrain(cfg: Mapping[str, Any], faces: Mapping[str, Any], build_json: s
             files[name] = {"file": path.name, "sha256": sha256_of(path),
                            "shipped": str(shipped.relative_to(SHIPPED_DIR.parents[2])),
                            "shipped_sha256": sha256_of(shipped)}
-            log.info("%s: shipped weights verified (sha256 %s) → %s", name,
-                     files[name]["shipped_sha256"][:12], path)
+            log.info("%s: shipped weights verified (sha256 %s), written as float32 %s", name,
+                     files[name]["shipped_sha256"][:12], path.name)
         record = {"init": "shipped", "files": files,
                   "shipped_record": manifest.get("record", {})}
     else:

@@ -40,7 +40,8 @@ from pipeline.assets import sha256_of
 log = logging.getLogger("pretrain")
 
 __all__ = ["PRETRAIN_DIR", "SHIPPED_DIR", "STAGE_BACKBONES", "PretrainError", "fit_gdconv",
-           "load_mobilefacenet_stage", "read_state", "resolve_pretrained", "stage_weights_path",
+           "load_mobilefacenet_stage", "read_state", "require_made", "resolve_for_method",
+           "resolve_pretrained", "stage_weights_path",
            "verify_shipped"]
 
 #: The stage's output folder (relative to the project root, where the stages run).
@@ -56,19 +57,20 @@ class PretrainError(ValueError):
     (one line naming the key or the file)."""
 
 
-def stage_weights_path(backbone: str, root: str | os.PathLike | None = None) -> Path:
-    """``<root>/<backbone>.pt`` (root: :data:`PRETRAIN_DIR`), which must exist.
+def stage_weights_path(backbone: str, root: str | os.PathLike | None = None,
+                       require: bool = True) -> Path:
+    """``<root>/<backbone>.pt`` (root: :data:`PRETRAIN_DIR`), which must exist if ``require``.
 
     Raises
     ------
     PretrainError
-        ``backbone`` not in :data:`STAGE_BACKBONES`, or the file is missing.
+        ``backbone`` not in :data:`STAGE_BACKBONES`, or (``require``) the file is missing.
     """
     if backbone not in STAGE_BACKBONES:
         raise PretrainError(f"the pretrain stage has no weights for {backbone!r} (it provides "
                             f"{', '.join(STAGE_BACKBONES)})")
     path = Path(PRETRAIN_DIR if root is None else root) / f"{backbone}.pt"
-    if not path.is_file():
+    if require and not path.is_file():
         raise PretrainError(f"{path}: not found; run the pretrain stage first "
                             "(dvc repro pretrain, or python -m stages.pretrain)")
     return path
@@ -76,6 +78,41 @@ def stage_weights_path(backbone: str, root: str | os.PathLike | None = None) -> 
 
 def resolve_pretrained(value: Any, backbone: str, where: str, *, imagenet: bool = True,
                        root: str | os.PathLike | None = None) -> tuple[bool | str, str]:
+    """See :func:`_resolve`; ``stage`` before the stage ran is an error here."""
+    return _resolve(value, backbone, where, imagenet=imagenet, root=root, require=True)
+
+
+def resolve_for_method(value: Any, backbone: str, where: str, *, imagenet: bool = True
+                       ) -> tuple[bool | str, str]:
+    """:func:`resolve_pretrained` as the method families call it when a spec is built: a
+    ``stage`` file that does not exist yet is not an error here (a spec is also built to list a
+    method's inputs or to check ``params.yaml``, before the ``pretrain`` stage has run); the
+    network builder then fails on it with one line naming the file, and no run completes
+    without the weights.  The source is ``stage sha256:<hex>`` when the file exists."""
+    return _resolve(value, backbone, where, imagenet=imagenet, root=None, require=False)
+
+
+NOT_MADE = "stage (weights not yet made)"
+
+
+def require_made(source: str, backbone: str, where: str) -> None:
+    """Before a network is built: the stage's weights of a ``stage`` source must exist now.
+
+    Raises
+    ------
+    PretrainError
+        ``source`` is :data:`NOT_MADE` and ``models/pretrain/<backbone>.pt`` still does not exist
+        (one line: run the ``pretrain`` stage first).
+    """
+    if source == NOT_MADE:
+        try:
+            stage_weights_path(backbone)
+        except PretrainError as exc:
+            raise PretrainError(f"{where}: stage: {exc}") from None
+
+
+def _resolve(value: Any, backbone: str, where: str, *, imagenet: bool,
+             root: str | os.PathLike | None, require: bool) -> tuple[bool | str, str]:
     """A method's ``pretrained`` value → (what the network builder takes, the source string).
 
     Parameters
@@ -120,9 +157,11 @@ def resolve_pretrained(value: Any, backbone: str, where: str, *, imagenet: bool 
         raise PretrainError(f"{where}: expected false, stage, true or a path, got {value!r}")
     if value.strip().lower() == "stage":
         try:
-            path = stage_weights_path(backbone, root)
+            path = stage_weights_path(backbone, root, require)
         except PretrainError as exc:
             raise PretrainError(f"{where}: stage: {exc}") from None
+        if not path.is_file():
+            return str(path), NOT_MADE
         return str(path), f"stage sha256:{sha256_of(path)}"
     path = Path(value)
     if not path.is_file():

@@ -35,12 +35,13 @@ left–right mirror with u → −u).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipeline.models.sssnet import SSSNet
-from pipeline.pretrain.weights import PretrainError, resolve_pretrained
+from pipeline.pretrain.weights import PretrainError, require_made, resolve_for_method
 from pipeline.training.data import InputSpec
 from pipeline.training.registry import (
     ConstantPredictor,
@@ -170,12 +171,12 @@ def _resnet_flow(name: str, params: dict[str, Any]) -> MethodSpec:
     if arch not in ("resnet18", "resnet34", "resnet50"):
         raise MethodError(f"methods.{name}.arch must be resnet18, resnet34 or resnet50, got {arch!r}")
     try:
-        pretrained, source = resolve_pretrained(params.get("pretrained", False), arch,
+        pretrained, source = resolve_for_method(params.get("pretrained", False), arch,
                                                 f"methods.{name}.pretrained")
     except PretrainError as exc:
         raise MethodError(str(exc)) from None
     widths = params.get("widths")
-    if isinstance(pretrained, str):  # a file of other widths fails here, before any data is read
+    if isinstance(pretrained, str) and Path(pretrained).is_file():  # other widths fail here
         from pipeline.models.backbones import build_backbone
 
         try:
@@ -186,6 +187,7 @@ def _resnet_flow(name: str, params: dict[str, Any]) -> MethodSpec:
     def build(ctx: FoldContext):
         from pipeline.models.backbones import build_backbone
 
+        require_made(source, arch, f"methods.{name}.pretrained")
         return build_backbone(arch, in_channels=3, pretrained=pretrained,
                               num_classes=ctx.n_outputs, widths=widths)
 

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -78,7 +79,12 @@ from pipeline.models.ac4au_losses import (
     class_aware_focal_loss,
     positive_priors,
 )
-from pipeline.pretrain.weights import PretrainError, load_mobilefacenet_stage, resolve_pretrained
+from pipeline.pretrain.weights import (
+    PretrainError,
+    load_mobilefacenet_stage,
+    require_made,
+    resolve_for_method,
+)
 from pipeline.training.data import InputSpec, preprocess_image
 from pipeline.training.registry import FoldContext, MethodError, MethodSpec, fixed_task, register
 
@@ -295,13 +301,15 @@ def _pretrained(name: str, cfg: dict[str, Any]) -> tuple[dict[str, Any], str | N
     raw = cfg["pretrained"]
     where = f"methods.{name}.model.pretrained"
     try:
-        resolved, source = resolve_pretrained(raw, "mobilefacenet", where, imagenet=False)
+        resolved, source = resolve_for_method(raw, "mobilefacenet", where, imagenet=False)
         if not (isinstance(raw, str) and raw.strip().lower() == "stage"):
             return {**cfg, "pretrained": resolved or None}, None, source
         from pipeline.models.mobilefacenet import MobileFaceNet
 
-        load_mobilefacenet_stage(MobileFaceNet(int(cfg["embedding_dim"]), float(cfg["width_mult"]),
-                                               int(cfg["input_size"])), resolved)
+        if Path(resolved).is_file():  # else the builder fails on the file, one line
+            load_mobilefacenet_stage(MobileFaceNet(int(cfg["embedding_dim"]),
+                                                   float(cfg["width_mult"]),
+                                                   int(cfg["input_size"])), resolved)
     except PretrainError as exc:
         raise MethodError(str(exc)) from None
     return {**cfg, "pretrained": None}, str(resolved), source
@@ -329,6 +337,7 @@ def _ac4au(name: str, params: dict[str, Any]) -> MethodSpec:
     cfg, stage_weights, init_weights = _pretrained(name, cfg)
 
     def build(ctx: FoldContext) -> AC4AUWithCriterion:
+        require_made(init_weights, "mobilefacenet", f"methods.{name}.model.pretrained")
         alpha = positive_priors(ctx.train_targets)
         n_subjects = len(ctx.train_subjects) if cfg["use_frd"] else None
         if n_subjects == 0:

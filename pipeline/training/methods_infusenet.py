@@ -107,7 +107,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.models.infusenet import VARIANTS, InfuseNet, InfuseNetConfig, build_infusenet_variant
-from pipeline.pretrain.weights import PretrainError, resolve_pretrained
+from pipeline.pretrain.weights import PretrainError, require_made, resolve_for_method
 from pipeline.training.data import InputSpec
 from pipeline.training.protocols import CD6ME_AUS
 from pipeline.training.registry import (
@@ -417,12 +417,15 @@ def _infusenet(name: str, params: dict[str, Any]) -> MethodSpec:
     backbone = (model_block.get("cnn_backbone", "resnet18") if family == "cnn"
                 else model_block.get("vit_backbone", "vit_tiny"))
     try:
-        pretrained, source = resolve_pretrained(params.get("pretrained", False), str(backbone),
+        pretrained, source = resolve_for_method(params.get("pretrained", False), str(backbone),
                                                 f"methods.{name}.pretrained")
     except PretrainError as exc:
         raise MethodError(str(exc)) from None
-    cfg = _config(name, {**params, "pretrained": pretrained}, size)
+    made = not isinstance(pretrained, str) or Path(pretrained).is_file()
+    cfg = _config(name, {**params, "pretrained": pretrained if made else False}, size)
     _check_buildable(name, variant, cfg)
+    if not made:  # stage weights not made yet: the builder fails on the file, one line
+        cfg = dataclasses.replace(cfg, pretrained=str(pretrained))
     e2e = _end_to_end(name, params, size)
     if e2e is not None:
         if VARIANTS[variant][2] != "latent":
@@ -449,6 +452,7 @@ def _infusenet(name: str, params: dict[str, Any]) -> MethodSpec:
             "mirroring a latent map is not the latent of the mirrored face (set hflip: 0)")
 
     def build(ctx: FoldContext) -> nn.Module:
+        require_made(source, str(backbone), f"methods.{name}.pretrained")
         net = build_infusenet_variant(variant, dataclasses.replace(cfg, num_classes=ctx.n_outputs))
         if e2e is None:
             return net
