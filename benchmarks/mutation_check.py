@@ -19,7 +19,9 @@ Breaks (:data:`BREAKS`):
 * ``no_restore``: the selected epoch's weights are not restored before the test prediction;
 * ``wrong_normalisation``: ``flow_norm: sample`` divides by 1000 instead of the 99th percentile;
 * ``broken_prevalence``: the prevalence baseline draws with probability 0.5, not the training
-  prevalence.
+  prevalence;
+* ``ac4au_static_sequence``: AC4AU's input sequence is its onset frame repeated, so FRD's AC part
+  holds no motion (the apex-free method must learn from the frames' changes).
 
 Usage::
 
@@ -111,6 +113,12 @@ BREAKS: dict[str, Break] = {
           "        s_uv = 1000.0\n"
           "        s_e = 1000.0\n"),),
         ("tests/test_trainer.py::test_flow_preprocessing_and_flip",)),
+    "ac4au_static_sequence": Break(
+        "AC4AU sees its onset frame repeated l times (no motion: FRD's F^AC is 0)",
+        (("pipeline/training/methods_ac4au.py",
+          "    return preprocess_image(frames, size)\n",
+          "    return preprocess_image(np.repeat(frames[:1], len(frames), axis=0), size)\n"),),
+        ("tests/test_learning.py::test_method_learns_the_synthetic_labels[ac4au]",)),
     "broken_prevalence": Break(
         "the prevalence baseline draws AUs with probability 0.5",
         (("pipeline/training/baselines.py",

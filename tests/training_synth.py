@@ -7,7 +7,7 @@ with simple FACS-style rules, so both protocols are learnable but not trivial.
 
 :func:`build_faces` adds a ``faces.h5`` with only the onset→offset sequences ``seq{S}/frames``
 (the input of apex-free methods such as AC4AU): a grey face-like background whose brightness and
-offset depend on the subject (a static, identity-like component), on which every AU of the sample
+smooth texture depend on the subject (a static, identity-like component), on which every AU of the sample
 draws a bright blob at its place whose intensity rises and falls over the l frames (the dynamic
 component).
 """
@@ -75,14 +75,35 @@ def flow_image(aus: set[str], size: int, rng: np.random.Generator, noise: float 
     return np.stack([u, v, strain], axis=-1).astype(np.float32)
 
 
+def identity_texture(size: int, subject: int, seed: int = 0, amplitude: float = 20.0) -> np.ndarray:
+    """A subject's static "identity": smooth zero-mean grey texture ``(size, size)`` float32.
+
+    Coarse noise (a 4 x 4 grid, bilinearly upsampled) of standard deviation about ``amplitude``
+    grey levels, drawn from ``subject`` and ``seed`` only, so every sequence of the subject
+    carries it unchanged (what AC4AU's subject loss reads from F^DC, Sec. 3.5).
+    """
+    coarse = np.random.default_rng([seed, subject, 7]).normal(0.0, amplitude, (4, 4))
+    grid = np.linspace(0.0, 3.0, size)
+    i0 = np.minimum(grid.astype(int), 2)
+    w = (grid - i0)[:, None]
+    rows = coarse[i0] * (1 - w) + coarse[i0 + 1] * w                 # (size, 4)
+    w = (grid - i0)[None, :]
+    out = rows[:, i0] * (1 - w) + rows[:, i0 + 1] * w                # (size, size)
+    return (out - out.mean()).astype(np.float32)
+
+
 def sequence_frames(aus: set[str], length: int, size: int, subject_level: float,
-                    rng: np.random.Generator, noise: float = 4.0) -> np.ndarray:
+                    rng: np.random.Generator, noise: float = 4.0,
+                    identity: np.ndarray | None = None) -> np.ndarray:
     """One synthetic onset→offset sequence ``(length, size, size, 3)`` uint8 (module docstring).
 
-    ``subject_level`` in [0, 1] sets the static background brightness (the subject's "face").
+    ``subject_level`` in [0, 1] sets the static background brightness (the subject's "face"),
+    ``identity`` (``(size, size)``, e.g. :func:`identity_texture`) is added to it.
     """
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     face = 80.0 + 80.0 * subject_level - 40.0 * ((xx - 0.5) ** 2 + (yy - 0.5) ** 2)
+    if identity is not None:
+        face = face + identity
     t = np.linspace(0.0, 1.0, length, dtype=np.float32)
     rise = np.sin(np.pi * t)  # onset 0 → apex 1 → offset 0
     frames = np.repeat(face[None], length, axis=0)
@@ -105,7 +126,11 @@ def build_faces(csv: Path, feats: Path, length: int = 4, size: int = 32, seed: i
     samples = pd.read_csv(csv, dtype={"subject": str}, keep_default_na=False)
     rng = np.random.default_rng(seed)
     subjects = sorted(set(samples["database"] + "/" + samples["subject"]))
-    level = {s: i / max(1, len(subjects) - 1) for i, s in enumerate(subjects)}
+    # brightness levels interleaved over the databases (every 5th of the sorted subjects), so no
+    # database is a brightness band of its own
+    order = sorted(range(len(subjects)), key=lambda i: ((i * 5) % len(subjects), i))
+    level = {subjects[i]: rank / max(1, len(subjects) - 1) for rank, i in enumerate(order)}
+    texture = {s: identity_texture(size, i, seed) for i, s in enumerate(subjects)}
     step = max(1, len(samples) // max(drop, 1))
     dropped = set(samples["sample_id"].iloc[::step].iloc[:drop]) if drop else set()
     path = feats / "faces.h5"
@@ -115,8 +140,9 @@ def build_faces(csv: Path, feats: Path, length: int = 4, size: int = 32, seed: i
             if row["sample_id"] in dropped:
                 continue
             aus = {au for au in CD6ME_AUS if int(row[au])}
-            frames = sequence_frames(aus, length, size,
-                                     level[f"{row['database']}/{row['subject']}"], rng)
+            subject = f"{row['database']}/{row['subject']}"
+            frames = sequence_frames(aus, length, size, level[subject], rng,
+                                     identity=texture[subject])
             w.append(row["sample_id"], {f"seq{size}/frames": frames})
     return path
 
