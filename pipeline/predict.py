@@ -484,7 +484,9 @@ def load_model(method: str, models_dir: str | os.PathLike,
 
     path = Path(model_path) if model_path else Path(models_dir) / method / FINAL_NAME
     meta = load_final(path)
-    spec = build_method(method, meta["params"])
+    from pipeline.pretrain.weights import without_pretrained
+
+    spec = build_method(method, without_pretrained(meta["params"]))  # final.pt's weights follow
     other = sorted({i.cache for i in spec.inputs} - set(PREDICTABLE_CACHES))
     if other:
         raise PredictError(f"{method}: reads {other}, which mer-predict does not compute from a "

@@ -26,6 +26,7 @@ from pipeline.pretrain.weights import (
     load_mobilefacenet_stage,
     resolve_pretrained,
     verify_shipped,
+    without_pretrained,
 )
 from pipeline.training.registry import MethodError, build_method
 
@@ -140,6 +141,11 @@ def test_missing_or_wrong_weights_one_line_errors(tmp_path, monkeypatch, stage_d
     msg = str(err.value)
     assert "methods.r.pretrained: stage:" in msg and "run the pretrain stage" in msg
     assert "\n" not in msg
+    # a network rebuilt to load trained weights (checkpoint, mer-predict) needs no stage file
+    rebuilt = build_method("r", without_pretrained(_resnet_section("stage")))
+    assert rebuilt.init_weights == "none" and rebuilt.build_model(_ctx()) is not None
+    ac4au = without_pretrained({"family": "ac4au", "model": {"pretrained": "stage", "gamma": 0.1}})
+    assert ac4au["model"] == {"pretrained": None, "gamma": 0.1}
     (stage_dir / "mobilefacenet.pt").unlink()
     spec = build_method("ac4au", {**AU, "family": "ac4au", "model": {"pretrained": "stage"}})
     with pytest.raises(PretrainError, match="models/pretrain/mobilefacenet.pt: not found; run"):

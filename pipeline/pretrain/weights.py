@@ -41,6 +41,7 @@ log = logging.getLogger("pretrain")
 
 __all__ = ["PRETRAIN_DIR", "SHIPPED_DIR", "STAGE_BACKBONES", "PretrainError", "fit_gdconv",
            "load_mobilefacenet_stage", "read_state", "require_made", "resolve_for_method",
+           "without_pretrained",
            "resolve_pretrained", "stage_weights_path",
            "verify_shipped"]
 
@@ -93,6 +94,23 @@ def resolve_for_method(value: Any, backbone: str, where: str, *, imagenet: bool 
 
 
 NOT_MADE = "stage (weights not yet made)"
+
+
+def without_pretrained(params: Mapping[str, Any]) -> dict[str, Any]:
+    """A method section whose network starts random (``pretrained: false``, and
+    ``model.pretrained: null`` where the section has a ``model`` block with that key).
+
+    For rebuilding a network whose trained weights are loaded next (fold checkpoints, the final
+    model of ``mer-predict``): its initial weights do not matter, and ``models/pretrain/`` need
+    not exist where it is rebuilt.
+    """
+    out = dict(params)
+    if "pretrained" in out:
+        out["pretrained"] = False
+    model = out.get("model")
+    if isinstance(model, Mapping) and "pretrained" in model:
+        out["model"] = {**model, "pretrained": None}
+    return out
 
 
 def require_made(source: str, backbone: str, where: str) -> None:

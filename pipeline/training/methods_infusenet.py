@@ -561,9 +561,10 @@ def build_fold_model(method: str, params: Mapping[str, Any], fold: str,
     ValueError
         If the checkpoint belongs to another method or fold, or does not fit the network.
     """
+    from pipeline.pretrain.weights import without_pretrained
     from pipeline.training.registry import build_method
 
-    spec = build_method(method, params)
+    spec = build_method(method, without_pretrained(params))  # the checkpoint's weights follow
     if spec.build_model is None or spec.task != "au":
         raise MethodError(f"{method}: Grad-CAM needs a trained AU detection method")
     path = Path(models_dir) / method / f"{fold}.pt"
