@@ -67,7 +67,8 @@ def _run(params, synth, out: Path):
 def test_tiny_cd6me_run_writes_valid_metrics(synth, tmp_path):
     params = {**_params(), "save_checkpoints": True}
     res, paths = _run(params, synth, tmp_path)
-    assert set(res) == AU_KEYS | {"epochs"} and res["epochs"] == params["epochs"]
+    assert set(res) == AU_KEYS | {"epochs", "init_weights"} and res["epochs"] == params["epochs"]
+    assert res["init_weights"] == "none"  # no pretrained weights given
     assert json.loads(paths.json.read_text()) == res
     assert 0.0 <= res["f1_mean"] <= 1.0 and set(res["f1_per_au"]) == set(CD6ME_AUS)
     samples = synth[0]
@@ -285,7 +286,7 @@ def test_test_fold_subject_index_is_rejected_by_the_subject_loss(synth):
 
 def test_no_frd_ablation_runs_end_to_end(synth, tmp_path):
     res, paths = _run(_params(use_frd=False, use_auser=False, loss="bce"), synth, tmp_path)
-    assert set(res) == AU_KEYS | {"epochs"} and 0.0 <= res["f1_mean"] <= 1.0
+    assert set(res) == AU_KEYS | {"epochs", "init_weights"} and 0.0 <= res["f1_mean"] <= 1.0
     assert len(pd.read_csv(paths.metrics / "curves.csv")) == 6
 
 
