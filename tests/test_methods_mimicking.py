@@ -545,15 +545,15 @@ def test_params_and_dvc_yaml_wire_train_mimicking():
     cfg = model_config("mimicking", paper, 5)
     assert (cfg.width, cfg.awm_hidden, cfg.head_hidden, cfg.dual, cfg.awm) == (64, 1024, 512,
                                                                                True, True)
-    for resolved in (quick, paper):             # the authors' regularisation in both
-        cfg = model_config("mimicking", resolved, 3)
-        assert (cfg.dropout, cfg.backbone_dropout, cfg.awm_dropout, cfg.feature_dropout) == (
-            0.3, 0.2, 0.3, 0.1)
-        assert cfg.layer_norm and cfg.l2_normalise and cfg.awm_detach
-        assert resolved.get("label_smoothing", 0.1) == 0.1
-        # layer4 of each half is at least 2 x 2 cells at the configured input side
+    cfg = model_config("mimicking", paper, 5)     # the authors' regularisation
+    assert (cfg.dropout, cfg.backbone_dropout, cfg.awm_dropout, cfg.feature_dropout) == (
+        0.3, 0.2, 0.3, 0.1)
+    assert cfg.layer_norm and cfg.l2_normalise and cfg.awm_detach
+    assert paper.get("label_smoothing", 0.1) == 0.1
+    for resolved in (quick, paper):   # layer4 of each half at least 2 x 2 cells at input_size
         s = resolved["input_size"]
-        a_eyes, _ = MimickingNet(cfg).branch_maps(torch.zeros(1, 3, s, s))
+        net = MimickingNet(model_config("mimicking", resolved, 3))
+        a_eyes, _ = net.branch_maps(torch.zeros(1, 3, s, s))
         assert min(a_eyes.shape[-2:]) >= 2, (s, a_eyes.shape)
     assert resolve(params["flow_mag"], "paper")["size"] == 224
     dvc = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
