@@ -26,8 +26,8 @@ databases, 8 subjects x 6 samples, l = 4 frames of 32 px from
 the bar 0.596.  Measured there with the paper's losses (γ 0.1 after a warm-up epoch): 0.623,
 0.668, 0.655 at training seeds 0-2 (0.027-0.072 above the bar; seed 0 as mutation_check.py
 printed it, 0.643 in a scratch script calling the runner with the same parameters), 0.536 and
-0.469 with the labels shuffled (seeds 0, 1), 0.517 on motionless sequences (the
-``ac4au_static_sequence`` break).  Less did not clear the bar: 8 epochs of batches of 16, 0.610 (0.558
+0.469 with the labels shuffled (seeds 0, 1); mutation_check.py's breaks 0.491 (shuffled_labels),
+0.522 (random_scores), 0.517 (ac4au_static_sequence: motionless sequences).  Less did not clear the bar: 8 epochs of batches of 16, 0.610 (0.558
 without augmentation); 4 subjects per database (bar 0.612), 0.55-0.58 with the paper's losses
 or γ 0 and 0.60-0.64 without FRD (docs/methods/ac4au.md).
 """
