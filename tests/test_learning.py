@@ -23,9 +23,11 @@ fail (docs/testing.md).
 AC4AU reads onset→offset sequences, not flow: its own set (:data:`AC4AU_DATA`: the same three
 databases, 8 subjects x 6 samples, l = 4 frames of 32 px from
 :func:`training_synth.build_faces`), on which the random guesser's 99th percentile is 0.546 and
-the bar 0.596.  Measured there with the paper's losses (γ 0.1 after a warm-up epoch): 0.643,
-0.668, 0.655 at training seeds 0-2 (0.047-0.072 above the bar), 0.536 and 0.469 with the labels
-shuffled (seeds 0, 1).  Less did not clear the bar: 8 epochs of batches of 16, 0.610 (0.558
+the bar 0.596.  Measured there with the paper's losses (γ 0.1 after a warm-up epoch): 0.623,
+0.668, 0.655 at training seeds 0-2 (0.027-0.072 above the bar; seed 0 as mutation_check.py
+printed it, 0.643 in a scratch script calling the runner with the same parameters), 0.536 and
+0.469 with the labels shuffled (seeds 0, 1); mutation_check.py's breaks 0.491 (shuffled_labels),
+0.522 (random_scores), 0.517 (ac4au_static_sequence: motionless sequences).  Less did not clear the bar: 8 epochs of batches of 16, 0.610 (0.558
 without augmentation); 4 subjects per database (bar 0.612), 0.55-0.58 with the paper's losses
 or γ 0 and 0.60-0.64 without FRD (docs/methods/ac4au.md).
 """
@@ -129,7 +131,7 @@ MEASURED: dict[str, dict[str, tuple[float, ...]]] = {
     "resnet18_flow_loso": {"true": (0.707, 0.640, 0.643), "shuffled": (0.362,)},
     "mimicking": {"true": (0.742, 0.782)},                                 # seeds 0 and 1
     # its own set (144 samples: chance q99 0.546, bar 0.596); shuffled: seeds 0 and 1
-    "ac4au": {"true": (0.643, 0.668, 0.655), "shuffled": (0.536, 0.469)},
+    "ac4au": {"true": (0.623, 0.668, 0.655), "shuffled": (0.536, 0.469)},
 }
 
 
