@@ -273,28 +273,31 @@ def learning_verdicts(au: pd.DataFrame, emo: pd.DataFrame) -> pd.DataFrame:
         ``auc`` (NaN for LOSO), ``bar`` (the score to reach), ``best_constant`` (its name),
         ``learns`` (bool).  Empty when a protocol has no constant predictor to compare with.
     """
-    rows = []
-    trained = au["epochs"].notna() if len(au) else pd.Series(dtype=bool)
-    if len(au) and (~trained).any() and trained.any():
-        consts = au[~trained]
-        best = consts.loc[consts["f1_mean"].idxmax()]
-        bar = float(best["f1_mean"]) + MARGIN_F1
-        for _, r in au[trained].iterrows():
-            rows.append({"method": r["method"], "protocol": "cd6me", "score": r["f1_mean"],
-                         "auc": r["auc_mean"], "bar": bar, "best_constant": best["method"],
-                         "learns": bool(r["f1_mean"] >= bar and r["auc_mean"] >= MIN_AUC)})
     task = emo[emo["result"] == VERDICT_TASK] if len(emo) else emo
-    trained = task["epochs"].notna() if len(task) else pd.Series(dtype=bool)
-    if len(task) and (~trained).any() and trained.any():
-        consts = task[~trained]
-        best = consts.loc[consts["uf1"].idxmax()]
-        bar = float(best["uf1"]) + MARGIN_UF1
-        for _, r in task[trained].iterrows():
-            rows.append({"method": r["method"], "protocol": "loso", "score": r["uf1"],
-                         "auc": np.nan, "bar": bar, "best_constant": best["method"],
-                         "learns": bool(r["uf1"] >= bar)})
+    rows = (_against_best_constant(au, "f1_mean", "cd6me", MARGIN_F1, MIN_AUC)
+            + _against_best_constant(task, "uf1", "loso", MARGIN_UF1, None))
     return pd.DataFrame(rows, columns=["method", "protocol", "score", "auc", "bar",
                                        "best_constant", "learns"])
+
+
+def _against_best_constant(table: pd.DataFrame, score: str, protocol: str, margin: float,
+                           min_auc: float | None) -> list[dict[str, Any]]:
+    """:func:`learning_verdicts`' rows for one protocol's table (constants: no ``epochs``)."""
+    if not len(table):
+        return []
+    trained = table["epochs"].notna()
+    if trained.all() or not trained.any():
+        return []
+    consts = table[~trained]
+    best = consts.loc[consts[score].idxmax()]
+    bar = float(best[score]) + margin
+    rows = []
+    for _, r in table[trained].iterrows():
+        auc = r["auc_mean"] if min_auc is not None else np.nan
+        learns = r[score] >= bar and (min_auc is None or auc >= min_auc)
+        rows.append({"method": r["method"], "protocol": protocol, "score": r[score], "auc": auc,
+                     "bar": bar, "best_constant": best["method"], "learns": bool(learns)})
+    return rows
 
 
 def learning_cells(verdicts: pd.DataFrame) -> tuple[str, list[str], list[list[str]]]:
