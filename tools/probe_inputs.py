@@ -44,7 +44,6 @@ from pathlib import Path
 import cv2
 import h5py
 import numpy as np
-import pandas as pd
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score, roc_auc_score
 
@@ -252,7 +251,7 @@ def run_emotion(args: argparse.Namespace) -> None:
             feats[f"{args.magnifier}-a{a}-apex"] = mag
             feats[f"{args.magnifier}-a{a}-apex-onset"] = mag - onset
     counts = np.bincount(y, minlength=task.n_classes)
-    print(f"composite-3, {len(table)} samples ({dict(zip(task.classes, counts.tolist()))}), "
+    print(f"composite-3, {len(table)} samples ({dict(zip(task.classes, counts.tolist(), strict=True))}), "
           f"{len(folds)} LOSO folds; UF1 of the probes")
     for name, x in feats.items():
         print(f"  {name}: {probe_uf1(x, y, folds):.3f}", flush=True)
