@@ -44,7 +44,7 @@ BUDGETS = ("learn", "smoke")
 #: ``train.learn_epochs`` when the file gives none (the shipped file states its own).
 LEARN_EPOCHS = {"cd6me": 10, "loso": 8}
 #: The keys of ``train`` that describe the budget rather than the trainer.
-BUDGET_KEYS = ("budget", "learn_epochs", "smoke_epochs")
+BUDGET_KEYS = ("budget", "learn_epochs", "learn_longer", "smoke_epochs")
 
 
 class ParamsError(ValueError):
@@ -112,7 +112,10 @@ def apply_budget(params: Mapping[str, Any], budget: str | None = None) -> dict[s
     budget : {"learn", "smoke"}, optional
         Default: the file's own ``train.budget`` (``"learn"`` when absent).  Under ``config:
         quick``, ``"learn"`` sets ``epochs`` to ``train.learn_epochs[<protocol>]`` in every
-        learned method section that has no ``epochs`` of its own; ``"smoke"`` sets it to
+        learned method section that has no ``epochs`` of its own, or to
+        ``train.learn_longer[<method>]`` for a method listed there (the rule's one exception: a
+        method measured to stay under the learning bar at its protocol's epochs and to clear it
+        with more; never fewer than the protocol's); ``"smoke"`` sets it to
         ``train.smoke_epochs`` (1) in every learned section.  Constant predictors (``family:
         constant``) are never touched; under ``config: paper`` nothing is.
 
@@ -120,7 +123,9 @@ def apply_budget(params: Mapping[str, Any], budget: str | None = None) -> dict[s
     ------
     ParamsError
         On an unknown budget; on a method section that still has a ``learn:`` block (replaced by
-        the rule); on a learned method whose ``protocol`` has no entry in ``train.learn_epochs``.
+        the rule); on a learned method whose ``protocol`` has no entry in ``train.learn_epochs``;
+        on a ``train.learn_longer`` entry that names no learned method section or gives fewer
+        epochs than its protocol's.
     """
     train = params.get("train") if isinstance(params.get("train"), Mapping) else {}
     if budget is None:
@@ -134,6 +139,7 @@ def apply_budget(params: Mapping[str, Any], budget: str | None = None) -> dict[s
     if not isinstance(methods, Mapping):
         return out
     learn_epochs = train.get("learn_epochs") or LEARN_EPOCHS
+    longer = train.get("learn_longer") or {}
     smoke_epochs = train.get("smoke_epochs", 1)
     use = params.get("config", "quick") == "quick"
     merged: dict[str, Any] = {}
@@ -155,7 +161,20 @@ def apply_budget(params: Mapping[str, Any], budget: str | None = None) -> dict[s
             if not isinstance(learn_epochs, Mapping) or protocol not in learn_epochs:
                 raise ParamsError(f"methods.{name}: train.learn_epochs has no entry for its "
                                   f"protocol {protocol!r}")
-            merged[name] = dict(block, epochs=learn_epochs[protocol])
+            epochs = learn_epochs[protocol]
+            if name in longer:
+                if int(longer[name]) < int(epochs):
+                    raise ParamsError(f"train.learn_longer.{name}: {longer[name]} epochs, fewer "
+                                      f"than its protocol's train.learn_epochs.{protocol} "
+                                      f"({epochs}); learn_longer only lengthens")
+                epochs = longer[name]
+            merged[name] = dict(block, epochs=epochs)
+    if use and budget == "learn":
+        unknown = sorted(str(m) for m in longer if not isinstance(methods.get(m), Mapping)
+                         or methods[m].get("family") == "constant")
+        if unknown:
+            raise ParamsError(f"train.learn_longer names {unknown}, which are not learned method "
+                              f"sections of methods:")
     out["methods"] = merged
     return out
 

@@ -310,9 +310,11 @@ SECTIONS: dict[str, Key] = {
         "figure_samples": Int(4, min=0),
     }),
     # the training budget (ours, issue #31; pipeline/params.py apply_budget): learn = every
-    # learned method trains learn_epochs[its protocol] epochs | smoke = smoke_epochs
+    # learned method trains learn_epochs[its protocol] epochs, a method named in learn_longer
+    # that many (never fewer) | smoke = smoke_epochs
     "train": Map({**TRAIN_KEYS, "budget": Str("learn", choices=("learn", "smoke")),
                   "learn_epochs": Map({"cd6me": Int(10, min=1), "loso": Int(8, min=1)}),
+                  "learn_longer": Dict(Int(min=1), nullable=True),
                   "smoke_epochs": Int(1, min=1)}),
     "gradcam": Map({
         "au": Str("AU4", what="an AU name"), "fold": Str("casme2", what="a CD6ME fold"),

@@ -78,11 +78,38 @@ def test_budget_sets_one_epoch_count_per_protocol_for_every_learned_method(tmp_p
         params.apply_budget(dict(learn, train={"learn_epochs": {"cd6me": 3}}))
 
 
+def test_learn_longer_lengthens_one_method_and_nothing_else():
+    """train.learn_longer (issue #31): the budget rule's one exception gives a named method more
+    epochs under learn, never fewer, and nothing under smoke or paper; a name that is not a
+    learned method section, or fewer epochs than the protocol's, stops in one line."""
+    raw = {"config": "quick",
+           "train": {"budget": "learn", "learn_epochs": {"cd6me": 7, "loso": 5},
+                     "learn_longer": {"a": 20}},
+           "methods": {"a": {"family": "ac4au", "protocol": "cd6me", "paper": {"epochs": 40}},
+                       "b": {"family": "sssnet", "protocol": "cd6me"},
+                       "own": {"family": "ac4au", "protocol": "cd6me", "epochs": 2},
+                       "c": {"family": "constant", "protocol": "cd6me"}}}
+    assert params.section("methods.a", raw)["epochs"] == 20
+    assert params.section("methods.b", raw)["epochs"] == 7
+    assert params.section("methods.own", dict(raw, train=dict(
+        raw["train"], learn_longer={"a": 20, "own": 30})))["epochs"] == 2   # its own epochs win
+    assert params.section("methods.a", dict(raw, train=dict(raw["train"], budget="smoke")))[
+        "epochs"] == 1
+    assert params.section("methods.a", dict(raw, config="paper"))["epochs"] == 40
+    assert "learn_longer" not in params.method_params(raw, "a")
+    with pytest.raises(params.ParamsError,
+                       match=r"train.learn_longer.a: 6 epochs, fewer than .*learn_epochs.cd6me \(7\)"):
+        params.apply_budget(dict(raw, train=dict(raw["train"], learn_longer={"a": 6})))
+    for bad in ("nope", "c"):
+        with pytest.raises(params.ParamsError, match=rf"learn_longer names \['{bad}'\]"):
+            params.apply_budget(dict(raw, train=dict(raw["train"], learn_longer={bad: 9})))
+
+
 def test_shipped_budget_is_one_rule_and_the_seed_methods_get_the_median_steps():
     """The shipped params.yaml: under the default learn budget every learned method of a protocol
-    has the same epochs (no section sets its own), and each of the three seed papers' methods
-    gets at least the median optimiser steps per epoch (batches of the same training fold) of
-    the other learned methods of its protocol."""
+    has the same epochs (no section sets its own), but those of train.learn_longer, which have
+    more; and each of the three seed papers' methods gets at least the median optimiser steps
+    (batches of the same training fold × epochs) of the other learned methods of its protocol."""
     raw = params.load("params.yaml")
     assert raw["train"]["budget"] == params.BUDGETS[0] == "learn"
     learned = {m: s for m, s in raw["methods"].items() if s["family"] != "constant"}
@@ -92,9 +119,12 @@ def test_shipped_budget_is_one_rule_and_the_seed_methods_get_the_median_steps():
     for protocol in ("cd6me", "loso"):
         mine = {m: params.method_params(raw, m) for m, s in learned.items()
                 if s["protocol"] == protocol}
-        assert {p["epochs"] for p in mine.values()} == {raw["train"]["learn_epochs"][protocol]}
-        # optimiser steps per epoch on one training fold of n samples: ceil(n / batch)
-        steps = {m: 1 / p["batch_size"] for m, p in mine.items()}
+        longer = raw["train"].get("learn_longer") or {}
+        base = raw["train"]["learn_epochs"][protocol]
+        assert {p["epochs"] for m, p in mine.items() if m not in longer} == {base}
+        assert all(mine[m]["epochs"] > base for m in longer if m in mine)
+        # optimiser steps on one training fold of n samples, per sample: epochs / batch
+        steps = {m: p["epochs"] / p["batch_size"] for m, p in mine.items()}
         seed = {"ac4au", "gam_mm_mer", "mimicking"} & set(mine)
         others = sorted(v for m, v in steps.items() if m not in seed)
         median = others[len(others) // 2] if len(others) % 2 else sum(

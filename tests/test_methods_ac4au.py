@@ -333,6 +333,10 @@ def test_params_and_dvc_yaml_wire_train_ac4au():
     assert (cfg["input_size"], cfg["width_mult"], cfg["embedding_dim"]) == (112, 1.0, 128)
     assert (cfg["use_frd"], cfg["use_auser"], cfg["loss"], cfg["gamma"]) == (True, True, "focal", 0.1)
     assert cfg["sequence_length"] == params["faces"]["sequence_length"]
+    # the pretrain stage's quarter-width MobileFaceNet is the quick start only; the paper's size
+    # starts from the face recogniser a user gives (docs/methods/ac4au.md)
+    assert cfg["pretrained"] is None
+    assert methods_ac4au.ac4au_model_config("ac4au", resolve(section, "quick"))["pretrained"] == "stage"
     dvc = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]
     assert set(dvc["train"]["foreach"]["ac4au"].values()) == {"data/features/faces.h5"}
     assert {"metrics/ac4au.json", "metrics/ac4au"} <= set(dvc["report"]["deps"])

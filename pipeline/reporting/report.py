@@ -463,8 +463,9 @@ def write_report(metrics_dir: str | os.PathLike, methods: Sequence[str],
           "Values are fractions in [0, 1]; “ours / paper”, – where the paper gives no number. "
           "Published numbers were obtained on the real databases. “epochs”: each trained "
           "method's training epochs (`params.yaml`: `train.budget: learn`, the default, gives every "
-          "learned method of a protocol the same `train.learn_epochs`; `smoke` trains one "
-          "epoch, a check that they run, not a result)."]
+          "learned method of a protocol the same `train.learn_epochs`, except the methods of "
+          "`train.learn_longer`, measured to need more; `smoke` trains one epoch, a check that "
+          "they run, not a result)."]
     if any(lab.startswith("standin") for lab in labels):
         md += ["", "**These results come from the stand-in benchmark (simulated micro-expressions "
                "on real faces). They exercise the pipeline and say nothing about accuracy on the "
