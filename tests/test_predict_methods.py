@@ -60,13 +60,15 @@ from pipeline.training.run import RunPaths, run_method
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL = {"backend": "local", "n_jobs": 1, "scheduler": None}
 CACHES = ("faces", "flow", "magnified", "patches", "flow_mag")
-#: Method → overrides of its params.yaml section for the tiny run (1 epoch, small inputs).
+#: Method → overrides of its params.yaml section for the tiny run (1 epoch, small inputs).  The
+#: networks start random: the fold and final models' own weights are what predict must
+#: reproduce, and a clean clone has no models/pretrain/ (the stage start: tests/test_pretrain.py).
 METHODS = {
-    "infusenet": {"input_size": 40},
+    "infusenet": {"input_size": 40, "pretrained": False},
     "mimicking": {"input_size": 32, "tasks": ["composite-3"], "save_checkpoints": True},
     "gam_mm_mer": {"tasks": ["composite-3"], "crop_size": 64, "save_checkpoints": True,
                    "augment": {"alphas": []}, "model": {"patch_size": 8}},
-    "ac4au": {"sequence_size": 32, "model": {"sequence_length": 4}},
+    "ac4au": {"sequence_size": 32, "model": {"sequence_length": 4, "pretrained": None}},
 }
 
 
