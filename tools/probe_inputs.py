@@ -42,11 +42,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
-import h5py
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score, roc_auc_score
 
+from pipeline.features.cache import CacheError, FeatureCache
 from pipeline.training.data import read_samples
 from pipeline.training.protocols import (
     CD6ME_AUS,
@@ -58,10 +58,6 @@ from pipeline.training.protocols import (
     emotion_table,
     loso_folds,
 )
-
-
-class ProbeError(RuntimeError):
-    """A cache, a dataset or a sample the probe needs is missing."""
 
 
 def probe_auc(features: np.ndarray, labels: np.ndarray, folds: Sequence[Fold],
@@ -170,22 +166,9 @@ def frames_ac_energy(sequences: np.ndarray, side: int, blocks: int = 8) -> np.nd
     return np.log(np.asarray(out) + 1e-6)
 
 
-def _rows(h5: h5py.File, path: str, ids: Sequence[str]) -> np.ndarray:
-    if "sample_ids" not in h5:
-        raise ProbeError(f"{h5.filename}: no sample_ids")
-    stored = [v.decode() if isinstance(v, bytes) else str(v) for v in h5["sample_ids"][:]]
-    where = {s: i for i, s in enumerate(stored)}
-    missing = [s for s in ids if s not in where]
-    if missing:
-        raise ProbeError(f"{h5.filename}: {len(missing)} samples missing, first {missing[0]}")
-    if path not in h5:
-        raise ProbeError(f"{h5.filename}: no dataset {path}")
-    rows = np.array([where[s] for s in ids])
-    order = np.argsort(rows)
-    data = h5[path][rows[order].tolist()]
-    out = np.empty_like(data)
-    out[order] = data
-    return out
+def _read(cache: FeatureCache, name: str, ids: Sequence[str]) -> np.ndarray:
+    """Dataset ``name`` of ``cache`` at the rows of ``ids``, in their order."""
+    return cache.read(name, [cache.index_of(s) for s in ids])
 
 
 def ac4au_ac_energy(sequences: np.ndarray, params_path: str, weights: str | None,
@@ -223,8 +206,8 @@ def run_au(args: argparse.Namespace) -> None:
     table = cd6me_table(read_samples(args.samples))
     folds = cd6me_folds(table)
     labels = table[list(CD6ME_AUS)].to_numpy(int)
-    with h5py.File(Path(args.features) / "faces.h5", "r") as h5:
-        seqs = _rows(h5, "seq112/frames", table["sample_id"].tolist())
+    faces = FeatureCache(Path(args.features) / "faces.h5", "faces")
+    seqs = _read(faces, "seq112/frames", table["sample_id"].tolist())
     print(f"CD6ME, {len(table)} samples, {len(folds)} folds; mean AU ROC AUC of the probes")
     for side in args.sizes:
         print(f"  frames-ac@{side}: {probe_auc(frames_ac_energy(seqs, side), labels, folds):.3f}",
@@ -241,15 +224,15 @@ def run_emotion(args: argparse.Namespace) -> None:
     folds = loso_folds(table, task)
     ids = table["sample_id"].tolist()
     feats = {}
-    with h5py.File(Path(args.features) / "faces.h5", "r") as h5:
-        onset = grey_small(_rows(h5, "crop112/onset", ids), 14)
-        apex = grey_small(_rows(h5, "crop112/apex", ids), 14)
+    faces = FeatureCache(Path(args.features) / "faces.h5", "faces")
+    onset = grey_small(_read(faces, "crop112/onset", ids), 14)
+    apex = grey_small(_read(faces, "crop112/apex", ids), 14)
     feats["raw-apex"], feats["raw-apex-onset"] = apex, apex - onset
-    with h5py.File(Path(args.features) / "magnified.h5", "r") as h5:
-        for a in args.alphas:
-            mag = grey_small(_rows(h5, f"frames/{args.magnifier}/alpha{a}/apex", ids), 14)
-            feats[f"{args.magnifier}-a{a}-apex"] = mag
-            feats[f"{args.magnifier}-a{a}-apex-onset"] = mag - onset
+    magnified = FeatureCache(Path(args.features) / "magnified.h5", "magnified")
+    for a in args.alphas:
+        mag = grey_small(_read(magnified, f"frames/{args.magnifier}/alpha{a}/apex", ids), 14)
+        feats[f"{args.magnifier}-a{a}-apex"] = mag
+        feats[f"{args.magnifier}-a{a}-apex-onset"] = mag - onset
     counts = np.bincount(y, minlength=task.n_classes)
     print(f"composite-3, {len(table)} samples ({dict(zip(task.classes, counts.tolist(), strict=True))}), "
           f"{len(folds)} LOSO folds; UF1 of the probes")
@@ -272,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         (run_au if args.task == "au" else run_emotion)(args)
-    except (ProbeError, ProtocolError, OSError, KeyError) as exc:
+    except (CacheError, ProtocolError, OSError, KeyError) as exc:
         print(f"probe_inputs: {exc}", file=sys.stderr)
         return 2
     return 0
